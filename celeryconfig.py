@@ -1,0 +1,54 @@
+"""Plain Celery settings for payworker. Values that depend on the environment come from
+worker.settings; everything here is a broker-safety default explained where it is set."""
+
+from kombu import Queue
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+# No result backend: outcomes live in the payment_events ledger, not in Celery results.
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+imports = ("tasks.payments",)
+task_default_queue = _settings.queue
+task_queues = (Queue(_settings.queue),)
+task_routes = {"payments.*": {"queue": _settings.queue}}
+task_create_missing_queues = False
+
+# Ack only after the task returned, and give the message back when a worker process dies
+# mid-task: a SIGKILL must never turn into a silently acked (lost) payment.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per process: a prefetched message is held hostage by a busy
+# (or dying) process.
+worker_prefetch_multiplier = 1
+# A connection loss cancels running acks_late tasks instead of letting them run while
+# the broker redelivers them (the ledger would absorb it, but this is cheaper).
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_time_limit = _settings.task_time_limit
+task_soft_time_limit = _settings.task_soft_time_limit
+
+# Redis redelivers an unacked message after visibility_timeout; it must exceed the
+# longest countdown plus the time limit (checked at worker start).
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "confirm_publish": True,
+}
+broker_connection_retry_on_startup = True
+
+# Task events for Flower and the sent event for publishers that want it.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+worker_hijack_root_logger = False

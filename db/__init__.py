@@ -1,0 +1,1 @@
+"""Postgres schema, sessions and migrations of payworker."""

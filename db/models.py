@@ -1,0 +1,181 @@
+"""The tables upstream apps read: the ledger, customers, cards and charges."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class EventStatus(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+TERMINAL_STATUSES = frozenset({EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.DEAD})
+
+
+class ChargeStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class PaymentEvent(Base):
+    """One upstream message, keyed by its event_id: the truth about what was done."""
+
+    __tablename__ = "payment_events"
+    __table_args__ = (
+        CheckConstraint(_in("status", EventStatus), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index("ix_payment_events_status_type", "status", "type"),
+        Index("ix_payment_events_user_id", "user_id"),
+        Index(
+            "ix_payment_events_unfinished",
+            "created_at",
+            postgresql_where=text("status IN ('received', 'processing')"),
+        ),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # sha256 of the canonical message (token included) to tell a redelivery from a conflict
+    # without storing the token.
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=EventStatus.RECEIVED)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Where an interrupted workflow resumes, and what it had learnt so far.
+    recovery_point: Mapped[str] = mapped_column(String(32), default="started")
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Transient failures counted against the retry budget, and the last one seen.
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Customer(Base):
+    """The one Stripe customer of an upstream user."""
+
+    __tablename__ = "customers"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(500))
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Card(Base):
+    """A card attached to a customer on Stripe; removed cards keep their row."""
+
+    __tablename__ = "cards"
+    __table_args__ = (
+        # At most one active card per (user, fingerprint): the race of two concurrent
+        # attaches of the same card is decided here.
+        Index(
+            "uq_cards_active_fingerprint",
+            "user_id",
+            "fingerprint",
+            unique=True,
+            postgresql_where=text("removed_at IS NULL"),
+        ),
+        Index(
+            "uq_cards_one_default",
+            "user_id",
+            unique=True,
+            postgresql_where=text("is_default AND removed_at IS NULL"),
+        ),
+        CheckConstraint("NOT (is_default AND removed_at IS NOT NULL)", name="removed_not_default"),
+        Index("ix_cards_user_id", "user_id"),
+    )
+
+    stripe_card_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("customers.user_id"))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    brand: Mapped[str | None] = mapped_column(String(64))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    exp_month: Mapped[int | None] = mapped_column(Integer)
+    exp_year: Mapped[int | None] = mapped_column(Integer)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Charge(Base):
+    """A charge requested by one event; pending while its Stripe outcome is not known."""
+
+    __tablename__ = "charges"
+    __table_args__ = (
+        CheckConstraint(_in("status", ChargeStatus), name="status"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("currency = lower(currency)", name="currency_lower"),
+        Index("ix_charges_user_id", "user_id"),
+    )
+
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("payment_events.event_id"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    stripe_card_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=ChargeStatus.PENDING)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

@@ -1,0 +1,227 @@
+"""The only module that talks to Stripe. Every write carries the caller's idempotency key;
+every SDK error leaves here as one of our own errors (see `_translate`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from tasks.errors import (
+    CardDeclined,
+    ConfigurationFault,
+    OutcomeUnknown,
+    PayworkerError,
+    PermanentError,
+    StripeInvalidRequest,
+    StripeNotFound,
+    TransientError,
+)
+from tasks.redact import redact
+
+# Stripe rejects idempotency keys longer than this.
+MAX_IDEMPOTENCY_KEY = 255
+# Invalid-request codes that are business outcomes of their own in our contract.
+_OWN_CODES = {"amount_too_small", "amount_too_large"}
+
+
+def idempotency_key(event_id: str, step: str, generation: int = 0) -> str:
+    """Our deterministic key for one step of one event: a retry or a redelivery repeats it."""
+    prefix = f"pw:{event_id}" if generation == 0 else f"pw:{event_id}:g{generation}"
+    key = f"{prefix}:{step}"
+    if len(key) <= MAX_IDEMPOTENCY_KEY:
+        return key
+    digest = hashlib.sha256(event_id.encode()).hexdigest()
+    return f"pw:sha256:{digest}:g{generation}:{step}"
+
+
+@dataclass(frozen=True)
+class CardDetails:
+    fingerprint: str
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+    card_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    charge_id: str
+    status: str
+    failure_code: str | None
+    failure_message: str | None
+    decline_code: str | None
+
+
+def _card(card: Any) -> CardDetails:
+    return CardDetails(
+        fingerprint=card.fingerprint,
+        brand=getattr(card, "brand", None),
+        last4=getattr(card, "last4", None),
+        exp_month=getattr(card, "exp_month", None),
+        exp_year=getattr(card, "exp_year", None),
+        card_id=card.id if getattr(card, "object", None) == "card" else None,
+    )
+
+
+class StripeGateway:
+    """Stripe operations payworker needs, over one `StripeClient`."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    @classmethod
+    def build(
+        cls, api_key: str, *, api_base: str | None, timeout: float, network_retries: int
+    ) -> StripeGateway:
+        """A gateway with its own HTTP client and timeout (no module globals)."""
+        client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=network_retries,
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+        return cls(client)
+
+    def create_customer(
+        self, key: str, *, email: str, name: str | None, metadata: dict[str, str]
+    ) -> str:
+        params: dict[str, Any] = {"email": email, "metadata": metadata}
+        if name:
+            params["name"] = name
+        with _translated():
+            customer = self._client.v1.customers.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": key},
+            )
+        return str(customer.id)
+
+    def retrieve_token(self, token: str) -> CardDetails:
+        """The card behind a stripe.js token, read before anything is attached."""
+        with _translated():
+            tok = self._client.v1.tokens.retrieve(token)
+        card = getattr(tok, "card", None)
+        if card is None or not getattr(card, "fingerprint", None):
+            raise StripeInvalidRequest("the token does not carry a card")
+        return _card(card)
+
+    def attach_card(
+        self, key: str, *, customer_id: str, token: str, metadata: dict[str, str]
+    ) -> CardDetails:
+        with _translated():
+            card = self._client.v1.customers.payment_sources.create(
+                customer_id,
+                params={"source": token, "metadata": metadata},
+                options={"idempotency_key": key},
+            )
+        return _card(card)
+
+    def delete_card(self, *, customer_id: str, card_id: str) -> None:
+        """Detach and delete a card. Raises StripeNotFound when it is already gone."""
+        with _translated():
+            self._client.v1.customers.payment_sources.delete(customer_id, card_id)
+
+    def set_default_card(self, key: str, *, customer_id: str, card_id: str) -> None:
+        with _translated():
+            self._client.v1.customers.update(
+                customer_id,
+                params={"default_source": card_id},
+                options={"idempotency_key": key},
+            )
+
+    def default_card(self, customer_id: str) -> str | None:
+        """The customer's default source on Stripe, as Stripe sees it now."""
+        with _translated():
+            customer = self._client.v1.customers.retrieve(customer_id)
+        default = getattr(customer, "default_source", None)
+        return default if isinstance(default, str) else getattr(default, "id", None)
+
+    def create_charge(
+        self,
+        key: str,
+        *,
+        customer_id: str,
+        card_id: str,
+        amount: int,
+        currency: str,
+        description: str | None,
+        metadata: dict[str, str],
+    ) -> ChargeOutcome:
+        """Charge a card of the customer. Raises CardDeclined on a decline."""
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": currency,
+            "customer": customer_id,
+            "source": card_id,
+            "metadata": metadata,
+        }
+        if description:
+            params["description"] = description
+        with _translated():
+            charge = self._client.v1.charges.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": key},
+            )
+        return ChargeOutcome(
+            charge_id=str(charge.id),
+            status=str(charge.status),
+            failure_code=getattr(charge, "failure_code", None),
+            failure_message=getattr(charge, "failure_message", None),
+            decline_code=(getattr(charge, "outcome", None) or {}).get("reason")
+            if isinstance(getattr(charge, "outcome", None), dict)
+            else None,
+        )
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except stripe.StripeError as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: stripe.StripeError) -> PayworkerError:
+    """The single table from SDK errors to ours: retryable, permanent or configuration."""
+    message = redact(getattr(exc, "user_message", None) or str(exc) or type(exc).__name__)
+    request_id = getattr(exc, "request_id", None)
+    status = exc.http_status
+    if isinstance(exc, stripe.CardError):
+        error = exc.error
+        return CardDeclined(
+            message,
+            decline_code=getattr(error, "decline_code", None) if error else None,
+            failure_code=exc.code,
+            charge_id=getattr(error, "charge", None) if error else None,
+            request_id=request_id,
+        )
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return ConfigurationFault(
+            f"Stripe rejected the API key (HTTP {status}): {message}", request_id=request_id
+        )
+    if isinstance(exc, stripe.APIConnectionError):
+        return OutcomeUnknown(f"no answer from Stripe: {message}", request_id=request_id)
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return TransientError(f"rate limited by Stripe: {message}", code="stripe_rate_limited")
+    if status == 409 or (status is not None and status >= 500):
+        return OutcomeUnknown(f"Stripe answered {status}: {message}", request_id=request_id)
+    if _should_retry(exc):
+        return TransientError(f"Stripe asked for a retry: {message}", code="stripe_retry")
+    if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError):
+        if exc.code in _OWN_CODES:
+            return PermanentError(message, code=str(exc.code), request_id=request_id)
+        if exc.code == "resource_missing" or status == 404:
+            return StripeNotFound(message, request_id=request_id)
+        return StripeInvalidRequest(message, request_id=request_id)
+    return OutcomeUnknown(f"unexpected Stripe error: {message}", request_id=request_id)
+
+
+def _should_retry(exc: stripe.StripeError) -> bool:
+    headers = exc.headers or {}
+    return str(headers.get("stripe-should-retry", headers.get("Stripe-Should-Retry"))) == "true"
+

@@ -1,0 +1,36 @@
+"""Log lines of a task run: `message key=value …`, always redacted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tasks.redact import redact
+
+logger = logging.getLogger("payworker")
+
+
+class RedactingFilter(logging.Filter):
+    """Last line of defence: mask tokens and keys in any record, ours or a library's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record is the library's bug; do not drop it
+            return True
+        record.msg, record.args = redact(text), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def install_redaction() -> None:
+    """Attach the redacting filter to every handler of the root logger."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def log(level: int, message: str, **fields: Any) -> None:
+    rendered = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+    logger.log(level, redact(f"{message} {rendered}".rstrip()))

@@ -1,0 +1,60 @@
+"""Worker start-up: refuse unsafe or incomplete configuration, and reset per-process state
+after the fork."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from db.session import dispose_all
+from tasks.logs import install_redaction
+from worker.settings import get_settings
+
+
+class UnsafeConfiguration(RuntimeError):
+    """The worker would lose or double messages with this configuration."""
+
+
+def check_worker_config(conf: Any) -> list[str]:
+    """Problems that must stop a worker from starting; empty when it may start."""
+    settings = get_settings()
+    problems = []
+    if settings.stripe_api_key is None:
+        problems.append("STRIPE_API_KEY is not set")
+    if not conf.task_acks_late:
+        problems.append("task_acks_late is off: a crashed worker would lose its message")
+    if not conf.task_reject_on_worker_lost:
+        problems.append("task_reject_on_worker_lost is off: a killed worker's message is acked")
+    timeout = (conf.broker_transport_options or {}).get("visibility_timeout")
+    if timeout is not None and timeout <= settings.max_countdown + settings.task_time_limit:
+        problems.append(
+            f"visibility_timeout {timeout}s must exceed the longest countdown"
+            f" ({settings.max_countdown:.0f}s) plus the task time limit"
+            f" ({settings.task_time_limit}s)"
+        )
+    problems.extend(settings.unsafe_reasons())
+    return sorted(set(problems))
+
+
+@signals.worker_init.connect
+def _refuse_unsafe_start(sender: Any = None, **_: Any) -> None:
+    install_redaction()
+    problems = check_worker_config(sender.app.conf)
+    if problems:
+        for problem in problems:
+            logging.getLogger("payworker").critical("refusing to start: %s", problem)
+        raise UnsafeConfiguration("; ".join(problems))
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    dispose_all()  # pooled connections inherited from the parent must not be shared
+    install_redaction()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_logs(**_: Any) -> None:
+    install_redaction()
