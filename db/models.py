@@ -163,9 +163,7 @@ class Charge(Base):
         Index("ix_charges_user_id", "user_id"),
     )
 
-    event_id: Mapped[str] = mapped_column(
-        ForeignKey("payment_events.event_id"), primary_key=True
-    )
+    event_id: Mapped[str] = mapped_column(ForeignKey("payment_events.event_id"), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(200))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))

@@ -107,9 +107,7 @@ def card_of(session: Session, user_id: str, card_id: str, *, active: bool = True
 def default_card_of(session: Session, user_id: str) -> Card:
     """The user's active default card. Raises PrerequisiteMissing while the user has none."""
     card = session.scalars(
-        select(Card).where(
-            Card.user_id == user_id, Card.is_default, Card.removed_at.is_(None)
-        )
+        select(Card).where(Card.user_id == user_id, Card.is_default, Card.removed_at.is_(None))
     ).one_or_none()
     if card is None:
         raise PrerequisiteMissing(

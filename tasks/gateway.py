@@ -224,4 +224,3 @@ def _translate(exc: stripe.StripeError) -> PayworkerError:
 def _should_retry(exc: stripe.StripeError) -> bool:
     headers = exc.headers or {}
     return str(headers.get("stripe-should-retry", headers.get("Stripe-Should-Retry"))) == "true"
-

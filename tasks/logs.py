@@ -31,6 +31,28 @@ def install_redaction() -> None:
             handler.addFilter(RedactingFilter())
 
 
-def log(level: int, message: str, **fields: Any) -> None:
-    rendered = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
-    logger.log(level, redact(f"{message} {rendered}".rstrip()))
+class EventLog:
+    """A logger with fields (event_id, task_id, …) bound to every line it writes."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def bind(self, **fields: Any) -> EventLog:
+        return EventLog(**{**self.fields, **fields})
+
+    def log(self, level: int, message: str, **fields: Any) -> None:
+        merged = {**self.fields, **fields}
+        rendered = " ".join(f"{key}={value}" for key, value in merged.items() if value is not None)
+        logger.log(level, redact(f"{message} {rendered}".rstrip()))
+
+    def info(self, message: str, **fields: Any) -> None:
+        self.log(logging.INFO, message, **fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self.log(logging.WARNING, message, **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.log(logging.ERROR, message, **fields)
+
+    def critical(self, message: str, **fields: Any) -> None:
+        self.log(logging.CRITICAL, message, **fields)

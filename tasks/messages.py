@@ -27,11 +27,13 @@ Email = Annotated[
         strict=True, strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
     ),
 ]
-Token = Annotated[str, StringConstraints(strict=True, max_length=255, pattern=r"^tok_[A-Za-z0-9_]+$")]
-CardId = Annotated[str, StringConstraints(strict=True, max_length=255, pattern=r"^card_[A-Za-z0-9_]+$")]
-Currency = Annotated[
-    str, StringConstraints(strict=True, pattern=r"^[A-Za-z]{3}$", to_lower=True)
+Token = Annotated[
+    str, StringConstraints(strict=True, max_length=255, pattern=r"^tok_[A-Za-z0-9_]+$")
 ]
+CardId = Annotated[
+    str, StringConstraints(strict=True, max_length=255, pattern=r"^card_[A-Za-z0-9_]+$")
+]
+Currency = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z]{3}$", to_lower=True)]
 # Stripe's metadata limits: 50 keys, keys up to 40 characters, values up to 500.
 # Two keys are ours (event_id, user_id), so upstream apps get 48.
 MetaKey = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=40)]

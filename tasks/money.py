@@ -8,10 +8,12 @@ from tasks.errors import InvalidMessage, PermanentError
 MAX_AMOUNT = 99_999_999
 
 ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    """
+    bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf
+    """.split()
 )
 # Three-decimal currencies are charged in multiples of 10 (the last digit must be 0).
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 # ISK is charged in whole krónur but represented with two decimals.
 MULTIPLE_OF_100 = frozenset({"isk"})
 
@@ -64,3 +66,20 @@ def check_charge_amount(amount: int, currency: str) -> None:
             f"amount {amount} is below the {currency.upper()} minimum of {minimum}",
             code="amount_too_small",
         )
+
+
+def decimals(currency: str) -> int:
+    """Digits after the decimal point in `currency`'s minor unit (0, 2 or 3)."""
+    currency = currency.lower()
+    if currency in ZERO_DECIMAL:
+        return 0
+    return 3 if currency in THREE_DECIMAL else 2
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """`1999, "usd"` → `"19.99 USD"`, with integer arithmetic only."""
+    places = decimals(currency)
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**places)
+    text = f"{whole}.{frac:0{places}d}" if places else str(whole)
+    return f"{sign}{text} {currency.upper()}"

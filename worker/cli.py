@@ -13,8 +13,11 @@ from rich.table import Table
 
 from worker.settings import get_settings
 
-cli = typer.Typer(help="payworker: Stripe payment operations from a queue, exactly once.",
-                  no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="payworker: Stripe payment operations from a queue, exactly once.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 events_cli = typer.Typer(help="Inspect ledger events.", no_args_is_help=True)
 cli.add_typer(events_cli, name="events")
 console = Console()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 from typing import Any
@@ -107,10 +108,8 @@ def _lose_race(
 ) -> None:
     """Another event attached the same card first: delete ours from Stripe, adopt theirs."""
     assert attached.card_id is not None
-    try:
+    with contextlib.suppress(StripeNotFound):  # deleted by an earlier attempt of this event
         ctx.gateway.delete_card(customer_id=customer_id, card_id=attached.card_id)
-    except StripeNotFound:
-        pass  # deleted by an earlier attempt of this event
     with ctx.tx() as session:
         winner = _active_with_fingerprint(session, msg.user_id, attached.fingerprint)
     if winner is None:
@@ -152,9 +151,7 @@ def _card_result(card: Card, *, duplicate: bool) -> dict[str, Any]:
 def _set_default(ctx: Context, user_id: str, customer_id: str, card_id: str) -> str | None:
     """Make the card the default on Stripe first, then in Postgres."""
     try:
-        ctx.gateway.set_default_card(
-            ctx.key("default"), customer_id=customer_id, card_id=card_id
-        )
+        ctx.gateway.set_default_card(ctx.key("default"), customer_id=customer_id, card_id=card_id)
     except StripeNotFound:
         raise PermanentError(f"card {card_id!r} is gone on Stripe", code="card_not_found") from None
     with ctx.tx() as session:
@@ -183,10 +180,8 @@ def card_removed(ctx: Context, msg: CardRemoved) -> None:
             ctx.succeed(session, {"card_id": msg.card_id, "already_removed": True})
             return
         ctx.checkpoint(session, Point.REMOVING)
-    try:
+    with contextlib.suppress(StripeNotFound):  # an earlier attempt of this event deleted it
         ctx.gateway.delete_card(customer_id=customer_id, card_id=msg.card_id)
-    except StripeNotFound:
-        pass  # an earlier attempt of this event deleted it
     stripe_default = ctx.gateway.default_card(customer_id)
     with ctx.tx() as session:
         lock_user(session, msg.user_id)

@@ -81,8 +81,10 @@ def charge_requested(ctx: Context, msg: ChargeRequested) -> None:
             charge.failure_code = outcome.failure_code or "card_declined"
             charge.decline_code = outcome.decline_code
             charge.failure_message = outcome.failure_message
-            error = PermanentError(outcome.failure_message or "card declined", code="card_declined")
-            ctx.fail(session, error, {**result, "decline_code": outcome.decline_code})
+            refused = PermanentError(
+                outcome.failure_message or "card declined", code="card_declined"
+            )
+            ctx.fail(session, refused, {**result, "decline_code": outcome.decline_code})
         else:
             charge.status = ChargeStatus.SUCCEEDED
             ctx.succeed(session, result)
@@ -104,5 +106,9 @@ def _record_failure(
         charge.failure_code = failure_code
         charge.decline_code = decline_code
         charge.failure_message = error.message
-        result = {"decline_code": decline_code, "failure_code": failure_code, "charge_id": charge_id}
+        result = {
+            "decline_code": decline_code,
+            "failure_code": failure_code,
+            "charge_id": charge_id,
+        }
         ctx.fail(session, error, result)

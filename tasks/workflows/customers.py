@@ -27,9 +27,7 @@ def user_registered(ctx: Context, msg: UserRegistered) -> None:
             lock_user(session, msg.user_id)
             existing = session.get(Customer, msg.user_id)
             if existing is not None:
-                ctx.succeed(
-                    session, {"customer_id": existing.stripe_customer_id, "existing": True}
-                )
+                ctx.succeed(session, {"customer_id": existing.stripe_customer_id, "existing": True})
                 return
             _wait_for_other_creation(session, msg)
             ctx.checkpoint(session, Point.CREATING)
