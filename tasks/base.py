@@ -32,7 +32,7 @@ from tasks.messages import Message, parse_message
 from tasks.redact import safe_repr
 from tasks.retry import backoff
 from worker.resources import resources
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 Workflow = Callable[[Context, Any], None]
 Outcome = dict[str, Any]
@@ -209,7 +209,7 @@ class PaymentTask(Task):  # type: ignore[misc]
         raise exc
 
     def _retry_without_ledger(self, exc: Exception, log: EventLog) -> Outcome:
-        settings = resources().settings
+        settings = get_settings()
         log.warning("database unavailable; retrying", error=type(exc).__name__)
         delay = backoff(
             self.request.retries + 1, settings.retry_backoff_base, settings.retry_backoff_max
@@ -218,7 +218,7 @@ class PaymentTask(Task):  # type: ignore[misc]
 
     def _cap(self, seconds: float) -> float:
         """Countdowns stay below the broker's redelivery timeout (checked at start-up)."""
-        return max(0.5, min(seconds, resources().settings.max_countdown))
+        return max(0.5, min(seconds, get_settings().max_countdown))
 
 
 def _shout(exc: ConfigurationFault, log: EventLog) -> None:

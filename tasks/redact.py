@@ -20,8 +20,20 @@ def mask_token(token: str) -> str:
     return f"tok_…{token[-4:]}" if len(token) > 8 else "tok_…"
 
 
+# Literal secrets of this process (the configured API key, whatever its shape).
+_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask this exact value wherever it appears, even if it looks like no known key."""
+    if len(value) >= 4:
+        _secrets.add(value)
+
+
 def redact(text: str) -> str:
     """The text with every card token and Stripe secret key masked."""
+    for secret in _secrets:
+        text = text.replace(secret, "[secret]")
     text = _TOKEN.sub(lambda m: mask_token(m.group(0)), text)
     return _KEY.sub(lambda m: f"{m.group(1)}_{m.group(2)}_…", text)
 

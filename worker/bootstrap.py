@@ -10,6 +10,7 @@ from celery import signals
 
 from db.session import dispose_all
 from tasks.logs import install_redaction
+from tasks.redact import register_secret
 from worker.settings import get_settings
 
 
@@ -41,6 +42,9 @@ def check_worker_config(conf: Any) -> list[str]:
 @signals.worker_init.connect
 def _refuse_unsafe_start(sender: Any = None, **_: Any) -> None:
     install_redaction()
+    key = get_settings().stripe_api_key
+    if key is not None:
+        register_secret(key.get_secret_value())
     problems = check_worker_config(sender.app.conf)
     if problems:
         for problem in problems:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from db.session import get_engine
 from tasks.errors import ConfigurationFault
 from tasks.gateway import StripeGateway
+from tasks.redact import register_secret
 from worker.settings import Settings, get_settings
 
 
@@ -31,8 +32,10 @@ def resources() -> Resources:
         settings = get_settings()
         if settings.stripe_api_key is None:
             raise ConfigurationFault("STRIPE_API_KEY is not set")
+        api_key = settings.stripe_api_key.get_secret_value()
+        register_secret(api_key)
         gateway = StripeGateway.build(
-            settings.stripe_api_key.get_secret_value(),
+            api_key,
             api_base=settings.stripe_api_base,
             timeout=settings.stripe_timeout,
             network_retries=settings.stripe_network_retries,

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     # Transient failures tolerated per event before it is declared dead.
     max_attempts: int = Field(8, alias="PAYWORKER_MAX_ATTEMPTS", ge=1)
     retry_backoff_base: float = Field(2.0, alias="PAYWORKER_RETRY_BACKOFF_BASE", gt=0)
-    retry_backoff_max: float = Field(120.0, alias="PAYWORKER_RETRY_BACKOFF_MAX", gt=0)
+    # Longest retry countdown; by default a quarter of the visibility timeout (at most
+    # 120 s), so a scheduled retry is never redelivered as a duplicate by Redis.
+    retry_backoff_cap: float | None = Field(None, alias="PAYWORKER_RETRY_BACKOFF_MAX", gt=0)
 
     # A claimed event is ours for this long; a claim older than this means its worker died.
     lease_seconds: int = Field(180, alias="PAYWORKER_LEASE_SECONDS", ge=2)
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
+    @property
+    def retry_backoff_max(self) -> float:
+        """The longest delay any retry is scheduled with."""
+        if self.retry_backoff_cap is not None:
+            return self.retry_backoff_cap
+        return min(120.0, self.visibility_timeout / 4)
+
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
         if self.retry_backoff_base > self.retry_backoff_max:
@@ -56,7 +65,7 @@ class Settings(BaseSettings):
 
     @property
     def max_countdown(self) -> float:
-        """The longest delay any retry is scheduled with."""
+        """The longest countdown of any message we publish."""
         return self.retry_backoff_max
 
     @property
