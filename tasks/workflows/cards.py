@@ -60,7 +60,9 @@ def card_token_received(ctx: Context, msg: CardTokenReceived) -> None:
             _lose_race(ctx, msg, customer_id, attached)
             return
     card_id = ctx.progress["card_id"]
-    if msg.make_default:
+    # Postgres decided which card is the user's first; Stripe follows, because two first
+    # cards attached at once may reach Stripe in the other order.
+    if msg.make_default or ctx.progress.get("first"):
         _set_default(ctx, msg.user_id, customer_id, card_id)
     with ctx.tx() as session:
         card = card_of(session, msg.user_id, card_id, active=False)
@@ -91,13 +93,13 @@ def _record_attached(ctx: Context, msg: CardTokenReceived, attached: CardDetails
                     last4=attached.last4,
                     exp_month=attached.exp_month,
                     exp_year=attached.exp_year,
-                    # Stripe makes a customer's first source the default; so do we.
+                    # The user's first active card becomes the default; Stripe is told below.
                     is_default=first,
                     event_id=msg.event_id,
                 )
             )
             session.flush()
-            ctx.checkpoint(session, Point.ATTACHED, card_id=attached.card_id)
+            ctx.checkpoint(session, Point.ATTACHED, card_id=attached.card_id, first=first)
     except IntegrityError:
         return False
     return True
