@@ -12,9 +12,10 @@ from functools import partial
 from typing import Any
 
 from celery import Task
+from celery._state import _task_stack
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from db.session import transaction
 from tasks import ledger
@@ -50,7 +51,9 @@ class MaskedRequest(Request):  # type: ignore[misc]
 
 def _readable(kwargs: Any, name: str) -> str | None:
     value = kwargs.get(name) if isinstance(kwargs, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    if isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value:
+        return value
+    return None
 
 
 class PaymentTask(Task):  # type: ignore[misc]
@@ -61,12 +64,26 @@ class PaymentTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    # Celery's own retry count is not a budget here: the ledger counts failures and
+    # decides when an event is dead, so Celery must never drop a retry on its own.
+    max_retries = None
     Request = "tasks.base:MaskedRequest"
     # Expected outcomes: logged without a traceback.
     throws = (InvalidMessage, IdempotencyConflict)
 
     message_type: str
     workflow: Workflow
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # Celery's own __call__ names its first parameter `self`; a message with a kwarg
+        # of that name would crash it before we could reject the message properly.
+        _task_stack.push(self)
+        self.push_request(args=args, kwargs=kwargs)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            self.pop_request()
+            _task_stack.pop()
 
     def handle(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
         """Process one delivery; raises Retry, InvalidMessage or IdempotencyConflict."""
@@ -83,7 +100,7 @@ class PaymentTask(Task):  # type: ignore[misc]
             return self._reject(exc, kwargs, log)
         except ConfigurationFault as exc:
             _shout(exc, log)
-            raise self.retry(countdown=self._cap(60), max_retries=None) from None
+            raise self.retry(countdown=self._cap(60)) from None
 
         log = log.bind(user_id=message.user_id)
         owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
@@ -95,6 +112,9 @@ class PaymentTask(Task):  # type: ignore[misc]
         except IdempotencyConflict as exc:
             log.error("idempotency conflict", error=exc.message)
             raise
+        except DataError as exc:
+            # Postgres refuses the values themselves: retrying cannot help.
+            return self._reject(_unstorable(exc), kwargs, log)
         except SQLAlchemyError as exc:
             return self._retry_without_ledger(exc, log)
 
@@ -102,9 +122,14 @@ class PaymentTask(Task):  # type: ignore[misc]
             log.info("duplicate delivery ignored", status=claimed.status)
             return {"event_id": event_id, "status": claimed.status, "duplicate": True}
         if isinstance(claimed, ledger.Busy):
-            wait = (claimed.until - ledger.now()).total_seconds() + 1
+            # Poll with backoff rather than sleeping out the whole lease: the holder usually
+            # finishes in well under a second and this delivery then finds it done.
+            remaining = (claimed.until - ledger.now()).total_seconds() + 1
+            settings = res.settings
+            polled = backoff(self.request.retries + 1, 1.0, settings.retry_backoff_max)
+            wait = min(remaining, polled)
             log.info("held by another delivery; checking back later", seconds=round(wait, 1))
-            raise self.retry(countdown=self._cap(wait), max_retries=None)
+            raise self.retry(countdown=self._cap(wait))
 
         log = log.bind(attempt=claimed.attempts)
         log.info("processing", point=claimed.recovery_point)
@@ -129,6 +154,8 @@ class PaymentTask(Task):  # type: ignore[misc]
             return self._later(ctx, exc.message, log, counts=False, delay_for=wait)
         except PermanentError as exc:
             return self._fail(ctx, exc, log)
+        except DataError as exc:
+            return self._fail(ctx, _unstorable(exc), log)
         except ConfigurationFault as exc:
             _shout(exc, log)
             return self._later(
@@ -181,7 +208,7 @@ class PaymentTask(Task):  # type: ignore[misc]
         if delay is None:
             log.error("dead: retries exhausted", error=error)
             return {"event_id": ctx.claim.event_id, "status": "dead"}
-        raise self.retry(countdown=self._cap(delay), max_retries=None)
+        raise self.retry(countdown=self._cap(delay))
 
     def _reject(self, exc: InvalidMessage, kwargs: Any, log: EventLog) -> Outcome:
         """Record an invalid message against its event (if it has a readable id), then fail
@@ -203,6 +230,9 @@ class PaymentTask(Task):  # type: ignore[misc]
         except IdempotencyConflict as conflict:
             log.error("idempotency conflict", error=conflict.message)
             raise conflict from None
+        except DataError:
+            log.error("invalid message could not be recorded", error=exc.message)
+            raise exc from None
         except SQLAlchemyError as db_error:
             return self._retry_without_ledger(db_error, log)
         log.warning("invalid message recorded", error=exc.message)
@@ -214,11 +244,15 @@ class PaymentTask(Task):  # type: ignore[misc]
         delay = backoff(
             self.request.retries + 1, settings.retry_backoff_base, settings.retry_backoff_max
         )
-        raise self.retry(countdown=self._cap(delay), max_retries=None)
+        raise self.retry(countdown=self._cap(delay))
 
     def _cap(self, seconds: float) -> float:
         """Countdowns stay below the broker's redelivery timeout (checked at start-up)."""
         return max(0.5, min(seconds, get_settings().max_countdown))
+
+
+def _unstorable(exc: DataError) -> InvalidMessage:
+    return InvalidMessage(f"the message holds values Postgres cannot store: {exc.orig}")
 
 
 def _shout(exc: ConfigurationFault, log: EventLog) -> None:

@@ -172,9 +172,7 @@ class StripeGateway:
             status=str(charge.status),
             failure_code=getattr(charge, "failure_code", None),
             failure_message=getattr(charge, "failure_message", None),
-            decline_code=(getattr(charge, "outcome", None) or {}).get("reason")
-            if isinstance(getattr(charge, "outcome", None), dict)
-            else None,
+            decline_code=getattr(getattr(charge, "outcome", None), "reason", None),
         )
 
 

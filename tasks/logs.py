@@ -19,8 +19,14 @@ class RedactingFilter(logging.Filter):
         except Exception:  # a malformed record is the library's bug; do not drop it
             return True
         record.msg, record.args = redact(text), None
+        # Render the traceback now, so the handler prints our redacted copy: a traceback
+        # can quote a task's arguments.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 

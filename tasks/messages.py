@@ -122,10 +122,24 @@ def parse_message(message_type: str, kwargs: dict[str, Any]) -> Message:
         InvalidMessage: with every problem listed, secrets masked.
     """
     model = MESSAGE_TYPES[message_type]
+    if _has_nul(kwargs):
+        raise InvalidMessage("NUL characters are not allowed in any field")
     try:
         return model.model_validate(kwargs)
     except (_ValidationError, ValueError) as exc:
         raise InvalidMessage(_describe(exc)) from None
+
+
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
 
 
 def _describe(exc: Exception) -> str:

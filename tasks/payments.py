@@ -20,7 +20,9 @@ WORKFLOWS: dict[str, Workflow] = {
 
 
 def _register(message_type: str, workflow: Workflow) -> PaymentTask:
-    def run(self: PaymentTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    # `self` is positional-only so a message with a kwarg named "self" is rejected as
+    # invalid instead of crashing the call.
+    def run(self: PaymentTask, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.handle(args, kwargs)
 
     run.__name__ = message_type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -41,10 +42,13 @@ def redact(text: str) -> str:
 def sanitize(value: Any, depth: int = 0) -> Any:
     """A JSON-safe, size-bounded, redacted copy of arbitrary message data."""
     if isinstance(value, str):
-        text = redact(value)
+        # Postgres text and jsonb cannot hold NUL.
+        text = redact(value).replace("\x00", "\\x00")
         return text if len(text) <= MAX_STRING else text[:MAX_STRING] + "…"
-    if value is None or isinstance(value, bool | float):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # NaN is not JSON
     if isinstance(value, int):
         # A 10**1000 int is valid JSON to Python but not to Postgres' jsonb.
         return value if abs(value) < 2**63 else f"<int with {len(str(value))} digits>"

@@ -115,7 +115,8 @@ def _lose_race(
     with ctx.tx() as session:
         winner = _active_with_fingerprint(session, msg.user_id, attached.fingerprint)
     if winner is None:
-        # The winner was removed in between: nothing to adopt, so the event must re-attach.
+        # The winner was removed in between and our copy is deleted: nothing is left to
+        # adopt, and the token is spent, so the upstream app must send a new one.
         raise PermanentError(
             "the card was removed while this token was being attached", code="card_not_found"
         )

@@ -23,7 +23,9 @@ def test_registration_card_and_charge_succeed(publish, wait_for, engine, stripe_
         customer = conn.execute(
             text("SELECT * FROM customers WHERE user_id = :u"), {"u": user}
         ).mappings().one()
-        card = conn.execute(text("SELECT * FROM cards WHERE user_id = :u"), {"u": user}).mappings().one()
+        card = conn.execute(
+            text("SELECT * FROM cards WHERE user_id = :u"), {"u": user}
+        ).mappings().one()
         charge = conn.execute(
             text("SELECT * FROM charges WHERE event_id = :e"), {"e": chg}
         ).mappings().one()
