@@ -1,7 +1,7 @@
 """Plain Celery settings for payworker. Values that depend on the environment come from
 worker.settings; everything here is a broker-safety default explained where it is set."""
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.settings import get_settings
 
@@ -18,10 +18,26 @@ result_accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-imports = ("tasks.payments",)
+imports = ("tasks.payments", "tasks.maintenance")
 task_default_queue = _settings.queue
-task_queues = (Queue(_settings.queue),)
-task_routes = {"payments.*": {"queue": _settings.queue}}
+if _settings.is_redis:
+    task_queues = (Queue(_settings.queue),)
+else:
+    # RabbitMQ: a replicated quorum queue that survives a broker node; publishers must
+    # declare it the same way (see README, "RabbitMQ").
+    task_queues = (
+        Queue(
+            _settings.queue,
+            Exchange(_settings.queue, type="direct"),
+            routing_key=_settings.queue,
+            queue_arguments={"x-queue-type": "quorum"},
+            durable=True,
+        ),
+    )
+task_routes = {
+    "payments.*": {"queue": _settings.queue},
+    "payworker.*": {"queue": _settings.queue},
+}
 task_create_missing_queues = False
 
 # Ack only after the task returned, and give the message back when a worker process dies
@@ -39,16 +55,29 @@ task_time_limit = _settings.task_time_limit
 task_soft_time_limit = _settings.task_soft_time_limit
 
 # Redis redelivers an unacked message after visibility_timeout; it must exceed the
-# longest countdown plus the time limit (checked at worker start).
-broker_transport_options = {
-    "visibility_timeout": _settings.visibility_timeout,
-    "confirm_publish": True,
-}
+# longest a message is held (checked at worker start). No message carries a countdown:
+# retries are scheduled in the ledger and published by the sweeper when due.
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+if not _settings.is_redis:
+    # Publisher confirms: a publish returns only once RabbitMQ has the message.
+    broker_transport_options["confirm_publish"] = True
 broker_connection_retry_on_startup = True
 
 # Task events for Flower and the sent event for publishers that want it.
 worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
+
+# The sweeper: in-memory schedule (nothing written to disk); any number of beats may run,
+# the sweep itself is safe to run concurrently.
+beat_scheduler = "celery.beat:Scheduler"
+beat_schedule = {
+    "payworker-sweep": {
+        "task": "payworker.sweep",
+        "schedule": _settings.sweep_seconds,
+        # A sweep that waited longer than its period is stale: the next one replaces it.
+        "options": {"queue": _settings.queue, "expires": _settings.sweep_seconds},
+    },
+}
 
 worker_hijack_root_logger = False

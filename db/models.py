@@ -71,6 +71,13 @@ class PaymentEvent(Base):
             "created_at",
             postgresql_where=text("status IN ('received', 'processing')"),
         ),
+        # The sweeper's question: which unfinished events of my queue are due?
+        Index(
+            "ix_payment_events_due",
+            "queue",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('received', 'processing')"),
+        ),
     )
 
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -95,6 +102,13 @@ class PaymentEvent(Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The queue the event arrived on; the sweeper re-drives it there.
+    queue: Mapped[str | None] = mapped_column(String(255))
+    # A card token, encrypted, kept only until the card is attached so that a re-driven
+    # event can repeat the attach; never the plain token.
+    sealed_token: Mapped[str | None] = mapped_column(Text)
+    # How many times the sweeper published this event again.
+    redrives: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

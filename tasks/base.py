@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -13,7 +15,7 @@ from typing import Any
 
 from celery import Task
 from celery._state import _task_stack
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
@@ -29,11 +31,11 @@ from tasks.errors import (
     TransientError,
 )
 from tasks.logs import EventLog
-from tasks.messages import Message, parse_message
+from tasks.messages import CardTokenReceived, Message, parse_message
 from tasks.redact import safe_repr
 from tasks.retry import backoff
 from worker.resources import resources
-from worker.settings import Settings, get_settings
+from worker.settings import MAX_DB_DOWN_PAUSE, Settings, get_settings
 
 Workflow = Callable[[Context, Any], None]
 Outcome = dict[str, Any]
@@ -56,23 +58,19 @@ def _readable(kwargs: Any, name: str) -> str | None:
     return None
 
 
-class PaymentTask(Task):  # type: ignore[misc]
-    """Base of the five payment tasks; `message_type` and `workflow` are set per task."""
+class LedgerTask(Task):  # type: ignore[misc]
+    """Base of tasks that run one ledger event: acks late, never loses a message."""
 
     abstract = True
-    typing = False  # any arguments reach handle(), which rejects bad ones with a record
+    typing = False  # any arguments reach the task, which rejects bad ones with a record
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
-    # Celery's own retry count is not a budget here: the ledger counts failures and
-    # decides when an event is dead, so Celery must never drop a retry on its own.
-    max_retries = None
+    # Celery never retries these by itself: the ledger schedules every retry.
+    max_retries = 0
     Request = "tasks.base:MaskedRequest"
     # Expected outcomes: logged without a traceback.
     throws = (InvalidMessage, IdempotencyConflict)
-
-    message_type: str
-    workflow: Workflow
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         # Celery's own __call__ names its first parameter `self`; a message with a kwarg
@@ -85,60 +83,13 @@ class PaymentTask(Task):  # type: ignore[misc]
             self.pop_request()
             _task_stack.pop()
 
-    def handle(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
-        """Process one delivery; raises Retry, InvalidMessage or IdempotencyConflict."""
-        event_id = _readable(kwargs, "event_id")
-        log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)
-        try:
-            res = resources()
-            if args:
-                raise InvalidMessage(
-                    f"messages take keyword arguments only; got {len(args)} positional"
-                )
-            message = parse_message(self.message_type, kwargs)
-        except InvalidMessage as exc:
-            return self._reject(exc, kwargs, log)
-        except ConfigurationFault as exc:
-            _shout(exc, log)
-            raise self.retry(countdown=self._cap(60)) from None
-
-        log = log.bind(user_id=message.user_id)
-        owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
-        try:
-            with transaction(res.engine) as session:
-                claimed = ledger.claim(
-                    session, self.message_type, message, owner, res.settings.lease_seconds
-                )
-        except IdempotencyConflict as exc:
-            log.error("idempotency conflict", error=exc.message)
-            raise
-        except DataError as exc:
-            # Postgres refuses the values themselves: retrying cannot help.
-            return self._reject(_unstorable(exc), kwargs, log)
-        except SQLAlchemyError as exc:
-            return self._retry_without_ledger(exc, log)
-
-        if isinstance(claimed, ledger.AlreadyFinished):
-            log.info("duplicate delivery ignored", status=claimed.status)
-            return {"event_id": event_id, "status": claimed.status, "duplicate": True}
-        if isinstance(claimed, ledger.Busy):
-            # Poll with backoff rather than sleeping out the whole lease: the holder usually
-            # finishes in well under a second and this delivery then finds it done.
-            remaining = (claimed.until - ledger.now()).total_seconds() + 1
-            settings = res.settings
-            polled = backoff(self.request.retries + 1, 1.0, settings.retry_backoff_max)
-            wait = min(remaining, polled)
-            log.info("held by another delivery; checking back later", seconds=round(wait, 1))
-            raise self.retry(countdown=self._cap(wait))
-
-        log = log.bind(attempt=claimed.attempts)
-        log.info("processing", point=claimed.recovery_point)
-        return self._run(Context(res.engine, res.gateway, res.settings, claimed), message, log)
-
-    def _run(self, ctx: Context, message: Message, log: EventLog) -> Outcome:
+    def run_workflow(
+        self, ctx: Context, workflow: Workflow, message: Message, log: EventLog
+    ) -> Outcome:
+        """Run one claimed event's workflow and record what it came to."""
         settings = ctx.settings
         try:
-            self.workflow(ctx, message)
+            workflow(ctx, message)
         except ledger.LeaseLost as exc:
             log.warning("lease lost; the new owner finishes the event", error=exc.message)
             return {"event_id": message.event_id, "status": "lease_lost"}
@@ -201,14 +152,95 @@ class PaymentTask(Task):  # type: ignore[misc]
                 )
         except ledger.LeaseLost:
             return {"event_id": ctx.claim.event_id, "status": "lease_lost"}
-        except SQLAlchemyError as exc:
-            # The ledger is unreachable: the broker retry is the record left; the lease
-            # expires on its own.
-            return self._retry_without_ledger(exc, log)
+        except SQLAlchemyError:
+            # The ledger is unreachable, but the event row exists: its lease runs out and
+            # the sweeper re-drives it once Postgres is back.
+            log.warning("database unavailable; the sweeper will re-drive the event")
+            return {"event_id": ctx.claim.event_id, "status": "abandoned"}
         if delay is None:
             log.error("dead: retries exhausted", error=error)
             return {"event_id": ctx.claim.event_id, "status": "dead"}
-        raise self.retry(countdown=self._cap(delay))
+        # No countdown on the broker: the sweeper publishes the event again when due.
+        log.info("retry scheduled", seconds=round(delay, 2), error=error)
+        return {"event_id": ctx.claim.event_id, "status": "retry_scheduled", "delay": delay}
+
+    def _retry_without_ledger(self, exc: Exception, log: EventLog) -> Outcome:
+        """Postgres is unreachable before the event has a row: this message is its only
+        record, so it goes back to the broker after a pause."""
+        log.warning(
+            "database unavailable; message goes back to the queue", error=type(exc).__name__
+        )
+        return self._hand_back(log, reason=type(exc).__name__)
+
+    def _hand_back(self, log: EventLog, *, reason: str) -> Outcome:
+        """Requeue this message after a short pause (a pause in the worker, not a broker
+        countdown: nothing is held past the visibility timeout)."""
+        pause = MAX_DB_DOWN_PAUSE * random.uniform(0.5, 1.0)
+        time.sleep(pause)
+        log.info("message requeued", reason=reason, paused=round(pause, 2))
+        raise Reject(reason, requeue=True)
+
+
+class PaymentTask(LedgerTask):
+    """Base of the five payment tasks; `message_type` and `workflow` are set per task."""
+
+    abstract = True
+    message_type: str
+    workflow: Workflow
+
+    def handle(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+        """Process one delivery; raises Retry, InvalidMessage or IdempotencyConflict."""
+        event_id = _readable(kwargs, "event_id")
+        log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)
+        try:
+            res = resources()
+            if args:
+                raise InvalidMessage(
+                    f"messages take keyword arguments only; got {len(args)} positional"
+                )
+            message = parse_message(self.message_type, kwargs)
+        except InvalidMessage as exc:
+            return self._reject(exc, kwargs, log)
+        except ConfigurationFault as exc:
+            _shout(exc, log)
+            return self._hand_back(log, reason=exc.message)
+
+        log = log.bind(user_id=message.user_id)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+        sealed = res.sealer.seal(message.token) if isinstance(message, CardTokenReceived) else None
+        try:
+            with transaction(res.engine) as session:
+                claimed = ledger.claim(
+                    session,
+                    self.message_type,
+                    message,
+                    owner,
+                    res.settings.lease_seconds,
+                    queue=res.settings.queue,
+                    sealed_token=sealed,
+                )
+        except IdempotencyConflict as exc:
+            log.error("idempotency conflict", error=exc.message)
+            raise
+        except DataError as exc:
+            # Postgres refuses the values themselves: retrying cannot help.
+            return self._reject(_unstorable(exc), kwargs, log)
+        except SQLAlchemyError as exc:
+            return self._retry_without_ledger(exc, log)
+
+        if isinstance(claimed, ledger.AlreadyFinished):
+            log.info("duplicate delivery ignored", status=claimed.status)
+            return {"event_id": event_id, "status": claimed.status, "duplicate": True}
+        if isinstance(claimed, ledger.Busy):
+            # Another delivery is working on it; if that worker dies, its lease runs out
+            # and the sweeper re-drives the event. This copy has nothing to add.
+            log.info("duplicate delivery ignored: event in progress elsewhere")
+            return {"event_id": event_id, "status": "in_progress", "duplicate": True}
+
+        log = log.bind(attempt=claimed.attempts)
+        log.info("processing", point=claimed.recovery_point)
+        ctx = Context(res.engine, res.gateway, res.settings, claimed)
+        return self.run_workflow(ctx, self.workflow, message, log)
 
     def _reject(self, exc: InvalidMessage, kwargs: Any, log: EventLog) -> Outcome:
         """Record an invalid message against its event (if it has a readable id), then fail
@@ -226,6 +258,7 @@ class PaymentTask(Task):  # type: ignore[misc]
                     _readable(kwargs, "user_id"),
                     kwargs if isinstance(kwargs, dict) else {"raw": kwargs},
                     exc.message,
+                    queue=get_settings().queue,
                 )
         except IdempotencyConflict as conflict:
             log.error("idempotency conflict", error=conflict.message)
@@ -237,18 +270,6 @@ class PaymentTask(Task):  # type: ignore[misc]
             return self._retry_without_ledger(db_error, log)
         log.warning("invalid message recorded", error=exc.message)
         raise exc
-
-    def _retry_without_ledger(self, exc: Exception, log: EventLog) -> Outcome:
-        settings = get_settings()
-        log.warning("database unavailable; retrying", error=type(exc).__name__)
-        delay = backoff(
-            self.request.retries + 1, settings.retry_backoff_base, settings.retry_backoff_max
-        )
-        raise self.retry(countdown=self._cap(delay))
-
-    def _cap(self, seconds: float) -> float:
-        """Countdowns stay below the broker's redelivery timeout (checked at start-up)."""
-        return max(0.5, min(seconds, get_settings().max_countdown))
 
 
 def _unstorable(exc: DataError) -> InvalidMessage:

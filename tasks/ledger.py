@@ -78,7 +78,14 @@ def _conflict(event: PaymentEvent, message_type: str) -> IdempotencyConflict:
 
 
 def claim(
-    session: Session, message_type: str, message: Message, owner: str, lease_seconds: int
+    session: Session,
+    message_type: str,
+    message: Message,
+    owner: str,
+    lease_seconds: int,
+    *,
+    queue: str,
+    sealed_token: str | None = None,
 ) -> ClaimOutcome:
     """Create the event row if new, then take its lease unless it is finished or held.
 
@@ -97,6 +104,8 @@ def claim(
             status=EventStatus.RECEIVED,
             recovery_point=STARTED,
             progress={},
+            queue=queue,
+            sealed_token=sealed_token,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
     )
@@ -104,6 +113,20 @@ def claim(
     assert event is not None  # inserted above or already there; rows are never deleted
     if event.payload_hash != digest or event.type != message_type:
         raise _conflict(event, message_type)
+    return _take(event, owner, lease_seconds)
+
+
+def reclaim(
+    session: Session, event_id: str, owner: str, lease_seconds: int
+) -> tuple[ClaimOutcome, PaymentEvent] | None:
+    """Take the lease of a known event for a re-drive; None if the event is unknown."""
+    event = _locked(session, event_id)
+    if event is None:
+        return None
+    return _take(event, owner, lease_seconds), event
+
+
+def _take(event: PaymentEvent, owner: str, lease_seconds: int) -> ClaimOutcome:
     if event.status in TERMINAL_STATUSES:
         return AlreadyFinished(event.status)
     moment = now()
@@ -148,6 +171,16 @@ def checkpoint(
     event.locked_until = now() + timedelta(seconds=lease_seconds)
 
 
+def forget_token(session: Session, claim: Claim) -> None:
+    """Drop the sealed card token once the attach is settled and it can never be needed."""
+    owned(session, claim).sealed_token = None
+
+
+def bury_unrecoverable(event: PaymentEvent, message: str) -> None:
+    """Declare a locked event dead because it cannot be re-driven at all."""
+    _finish(event, EventStatus.DEAD, code="retries_exhausted", message=message)
+
+
 def succeed(session: Session, claim: Claim, result: dict[str, Any]) -> None:
     """Mark the event succeeded with its result; final."""
     event = owned(session, claim)
@@ -175,6 +208,8 @@ def _finish(
     event.error_code = code
     event.error_message = redact(message) if message else None
     event.completed_at = now()
+    if status != EventStatus.DEAD:
+        event.sealed_token = None  # a dead event may be replayed and need its token again
     event.locked_by = None
     event.locked_until = None
     event.next_attempt_at = None
@@ -221,6 +256,8 @@ def record_invalid(
     user_id: str | None,
     kwargs: dict[str, Any],
     error: str,
+    *,
+    queue: str,
 ) -> bool:
     """Store a message that failed validation as a failed event; False if a duplicate.
 
@@ -243,6 +280,7 @@ def record_invalid(
             recovery_point=STARTED,
             progress={},
             completed_at=now(),
+            queue=queue,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(PaymentEvent.event_id)

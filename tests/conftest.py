@@ -97,6 +97,7 @@ def worker_env(
         "PAYWORKER_PREREQUISITE_WAIT_SECONDS": "60",
         "PAYWORKER_MAX_ATTEMPTS": "6",
         "PAYWORKER_LEASE_SECONDS": "20",
+        "PAYWORKER_SWEEP_SECONDS": "0.5",
         "PAYWORKER_VISIBILITY_TIMEOUT": "120",
         "PYTHONPATH": str(ROOT),
     }
@@ -114,7 +115,7 @@ class WorkerProcess:
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
-             "--concurrency", str(concurrency), "--loglevel", "INFO", "-E",
+             "--concurrency", str(concurrency), "--loglevel", "INFO", "-E", "--beat",
              "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
              "--without-gossip"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,

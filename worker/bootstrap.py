@@ -28,13 +28,10 @@ def check_worker_config(conf: Any) -> list[str]:
         problems.append("task_acks_late is off: a crashed worker would lose its message")
     if not conf.task_reject_on_worker_lost:
         problems.append("task_reject_on_worker_lost is off: a killed worker's message is acked")
-    timeout = (conf.broker_transport_options or {}).get("visibility_timeout")
-    if timeout is not None and timeout <= settings.max_countdown + settings.task_time_limit:
-        problems.append(
-            f"visibility_timeout {timeout}s must exceed the longest countdown"
-            f" ({settings.max_countdown:.0f}s) plus the task time limit"
-            f" ({settings.task_time_limit}s)"
-        )
+    if conf.task_always_eager:
+        problems.append("task_always_eager is on: nothing would go through the broker")
+    if (conf.worker_prefetch_multiplier or 0) > 1:
+        problems.append("worker_prefetch_multiplier above 1 holds messages hostage")
     problems.extend(settings.unsafe_reasons())
     return sorted(set(problems))
 

@@ -33,13 +33,36 @@ def migrate() -> None:
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def worker(ctx: typer.Context) -> None:
-    """Start a worker on PAYWORKER_QUEUE; extra arguments go to `celery worker`."""
+def worker(
+    ctx: typer.Context,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="also run the sweeper schedule in this worker")
+    ] = False,
+) -> None:
+    """Start a worker on PAYWORKER_QUEUE; extra arguments go to `celery worker`.
+
+    Retries are published by the sweeper: run one `--beat` worker, or `celery -A worker beat`.
+    """
     from worker.app import app
 
     settings = get_settings()
     argv = ["worker", "-Q", settings.queue, "--loglevel", "INFO", "-E", *ctx.args]
+    if beat:
+        argv.append("--beat")
     app.worker_main(argv)
+
+
+@cli.command()
+def sweep() -> None:
+    """Run one sweeper pass now: re-drive due retries and abandoned events."""
+    from db.session import get_engine
+    from tasks.maintenance import run_sweep
+    from worker.app import app
+
+    settings = get_settings()
+    report = run_sweep(app, settings, get_engine(settings.database_url))
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items())) or "nothing due"
+    console.print(f"re-drove {len(report.redriven)} event(s) ({reasons})")
 
 
 @cli.command()

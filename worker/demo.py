@@ -47,6 +47,7 @@ WORKER_TUNING = {
     "PAYWORKER_RETRY_BACKOFF_BASE": "1",
     "PAYWORKER_RETRY_BACKOFF_MAX": "4",
     "PAYWORKER_PREREQUISITE_WAIT_SECONDS": "60",
+    "PAYWORKER_SWEEP_SECONDS": "1",
 }
 CHARGES = [(1999, "usd"), (2500, "EUR"), (1000, "jpy"), (4999, "gbp"), (120000, "JPY")]
 
@@ -196,7 +197,7 @@ class Batch:
 def _worker(app: Celery, env: dict[str, str], node: str, log: Path) -> Iterator[bool]:
     """One worker subprocess on the run's queue; yields whether it answered a ping in time."""
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", env["PAYWORKER_QUEUE"],
-            "--concurrency", "4", "--loglevel", "WARNING", "-E", "--hostname", node,
+            "--concurrency", "4", "--loglevel", "WARNING", "-E", "--beat", "--hostname", node,
             "--without-mingle", "--without-gossip"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ from db.session import get_engine
 from tasks.errors import ConfigurationFault
 from tasks.gateway import StripeGateway
 from tasks.redact import register_secret
+from tasks.sealing import TokenSealer
 from worker.settings import Settings, get_settings
 
 
@@ -19,6 +20,7 @@ class Resources:
     settings: Settings
     engine: Engine
     gateway: StripeGateway
+    sealer: TokenSealer
 
 
 _by_pid: dict[int, Resources] = {}
@@ -37,10 +39,11 @@ def resources() -> Resources:
         gateway = StripeGateway.build(
             api_key,
             api_base=settings.stripe_api_base,
-            timeout=settings.stripe_timeout,
+            timeout=settings.stripe_call_timeout,
             network_retries=settings.stripe_network_retries,
         )
-        found = Resources(settings, get_engine(settings.database_url), gateway)
+        sealer = TokenSealer(settings.seal_secret or api_key)
+        found = Resources(settings, get_engine(settings.database_url), gateway, sealer)
         _by_pid.clear()  # anything inherited from a parent process is not ours to use
         _by_pid[pid] = found
     return found

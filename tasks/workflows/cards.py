@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Card
+from tasks import ledger
 from tasks.context import (
     Context,
     active_card_count,
@@ -33,6 +34,10 @@ class Point(enum.StrEnum):
     ATTACHED = "card_attached"
     SETTING_DEFAULT = "default_setting"
     REMOVING = "card_removing"
+
+
+# Recovery points at which resuming card_token_received still needs the card token.
+TOKEN_NEEDED_AT = frozenset({Point.STARTED, Point.ATTACHING})
 
 
 def card_token_received(ctx: Context, msg: CardTokenReceived) -> None:
@@ -100,6 +105,7 @@ def _record_attached(ctx: Context, msg: CardTokenReceived, attached: CardDetails
             )
             session.flush()
             ctx.checkpoint(session, Point.ATTACHED, card_id=attached.card_id, first=first)
+            ledger.forget_token(session, ctx.claim)
     except IntegrityError:
         return False
     return True

@@ -40,6 +40,9 @@ def upgrade() -> None:
         sa.Column("locked_until", TS, nullable=True),
         sa.Column("next_attempt_at", TS, nullable=True),
         sa.Column("generation", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("queue", sa.String(255), nullable=True),
+        sa.Column("sealed_token", sa.Text(), nullable=True),
+        sa.Column("redrives", sa.Integer(), server_default="0", nullable=False),
         sa.Column("created_at", TS, server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", TS, server_default=sa.func.now(), nullable=False),
         sa.Column("completed_at", TS, nullable=True),
@@ -56,6 +59,13 @@ def upgrade() -> None:
         "ix_payment_events_unfinished",
         "payment_events",
         ["created_at"],
+        postgresql_where=sa.text("status IN ('received', 'processing')"),
+    )
+
+    op.create_index(
+        "ix_payment_events_due",
+        "payment_events",
+        ["queue", "next_attempt_at"],
         postgresql_where=sa.text("status IN ('received', 'processing')"),
     )
 
