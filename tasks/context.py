@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text
@@ -55,6 +56,20 @@ class Context:
                 "progress": {**self.claim.progress, **progress},
             }
         )
+
+    def begin_write(self, session: Session, point: str, **progress: Any) -> None:
+        """Checkpoint just before a Stripe write whose outcome may become unknown, noting
+        when its idempotency key was first used."""
+        self.checkpoint(session, point, write_started_at=ledger.now().isoformat(), **progress)
+
+    def key_may_have_expired(self) -> bool:
+        """True when Stripe may have forgotten the key of the pending write: its outcome
+        must then be looked up by metadata rather than replayed."""
+        started = self.progress.get("write_started_at")
+        if started is None:
+            return False
+        age = ledger.now() - datetime.fromisoformat(started)
+        return age.total_seconds() > self.settings.stripe_key_window_seconds
 
     def succeed(self, session: Session, result: dict[str, Any]) -> None:
         ledger.succeed(session, self.claim, result)

@@ -69,6 +69,22 @@ def _card(card: Any) -> CardDetails:
     )
 
 
+def _charge(charge: Any) -> ChargeOutcome:
+    outcome = getattr(charge, "outcome", None)
+    return ChargeOutcome(
+        charge_id=str(charge.id),
+        status=str(charge.status),
+        failure_code=getattr(charge, "failure_code", None),
+        failure_message=getattr(charge, "failure_message", None),
+        decline_code=getattr(outcome, "reason", None) if outcome is not None else None,
+    )
+
+
+def _made_by(obj: Any, event_id: str) -> bool:
+    metadata = getattr(obj, "metadata", None)
+    return metadata is not None and getattr(metadata, "event_id", None) == event_id
+
+
 class StripeGateway:
     """Stripe operations payworker needs, over one `StripeClient`."""
 
@@ -100,6 +116,35 @@ class StripeGateway:
                 options={"idempotency_key": key},
             )
         return str(customer.id)
+
+    def find_customer(self, *, email: str, event_id: str) -> str | None:
+        """The customer an event created, found by its metadata (after the key expired)."""
+        with _translated():
+            page = self._client.v1.customers.list(params={"email": email, "limit": 100})
+            for customer in page.auto_paging_iter():
+                if _made_by(customer, event_id):
+                    return str(customer.id)
+        return None
+
+    def find_card(self, *, customer_id: str, event_id: str) -> CardDetails | None:
+        """The card an event attached, found by its metadata (after the key expired)."""
+        with _translated():
+            page = self._client.v1.customers.payment_sources.list(
+                customer_id, params={"object": "card", "limit": 100}
+            )
+            for card in page.auto_paging_iter():
+                if _made_by(card, event_id):
+                    return _card(card)
+        return None
+
+    def find_charge(self, *, customer_id: str, event_id: str) -> ChargeOutcome | None:
+        """The charge an event created, found by its metadata (after the key expired)."""
+        with _translated():
+            page = self._client.v1.charges.list(params={"customer": customer_id, "limit": 100})
+            for charge in page.auto_paging_iter():
+                if _made_by(charge, event_id):
+                    return _charge(charge)
+        return None
 
     def retrieve_token(self, token: str) -> CardDetails:
         """The card behind a stripe.js token, read before anything is attached."""
@@ -167,13 +212,7 @@ class StripeGateway:
                 params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": key},
             )
-        return ChargeOutcome(
-            charge_id=str(charge.id),
-            status=str(charge.status),
-            failure_code=getattr(charge, "failure_code", None),
-            failure_message=getattr(charge, "failure_message", None),
-            decline_code=getattr(getattr(charge, "outcome", None), "reason", None),
-        )
+        return _charge(charge)
 
 
 @contextmanager

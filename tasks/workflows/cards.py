@@ -50,17 +50,21 @@ def card_token_received(ctx: Context, msg: CardTokenReceived) -> None:
             lock_user(session, msg.user_id)
             known = _active_with_fingerprint(session, msg.user_id, details.fingerprint)
             if known is None:
-                ctx.checkpoint(session, Point.ATTACHING, card=dataclasses.asdict(details))
+                ctx.begin_write(session, Point.ATTACHING, card=dataclasses.asdict(details))
         if known is not None:
             _finish_duplicate(ctx, msg, customer_id, known)
             return
     if ctx.point == Point.ATTACHING:
-        attached = ctx.gateway.attach_card(
-            ctx.key("attach"),
-            customer_id=customer_id,
-            token=msg.token,
-            metadata=msg.stripe_metadata(),
-        )
+        attached = None
+        if ctx.key_may_have_expired():
+            attached = ctx.gateway.find_card(customer_id=customer_id, event_id=msg.event_id)
+        if attached is None:
+            attached = ctx.gateway.attach_card(
+                ctx.key("attach"),
+                customer_id=customer_id,
+                token=msg.token,
+                metadata=msg.stripe_metadata(),
+            )
         if not _record_attached(ctx, msg, attached):
             _lose_race(ctx, msg, customer_id, attached)
             return

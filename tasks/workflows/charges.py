@@ -39,17 +39,21 @@ def charge_requested(ctx: Context, msg: ChargeRequested) -> None:
                     status=ChargeStatus.PENDING,
                 )
             )
-            ctx.checkpoint(
+            ctx.begin_write(
                 session,
                 Point.CHARGING,
                 customer_id=customer.stripe_customer_id,
                 card_id=card.stripe_card_id,
             )
     card_id = ctx.progress["card_id"]
+    customer_id = ctx.progress["customer_id"]
     try:
-        outcome = ctx.gateway.create_charge(
+        outcome = None
+        if ctx.key_may_have_expired():
+            outcome = ctx.gateway.find_charge(customer_id=customer_id, event_id=msg.event_id)
+        outcome = outcome or ctx.gateway.create_charge(
             ctx.key("charge"),
-            customer_id=ctx.progress["customer_id"],
+            customer_id=customer_id,
             card_id=card_id,
             amount=msg.amount,
             currency=msg.currency,

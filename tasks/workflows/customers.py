@@ -30,14 +30,18 @@ def user_registered(ctx: Context, msg: UserRegistered) -> None:
                 ctx.succeed(session, {"customer_id": existing.stripe_customer_id, "existing": True})
                 return
             _wait_for_other_creation(session, msg)
-            ctx.checkpoint(session, Point.CREATING)
+            ctx.begin_write(session, Point.CREATING)
 
-    customer_id = ctx.gateway.create_customer(
-        ctx.key("customer"),
-        email=msg.email,
-        name=msg.name,
-        metadata=msg.stripe_metadata(msg.metadata),
-    )
+    customer_id = None
+    if ctx.key_may_have_expired():
+        customer_id = ctx.gateway.find_customer(email=msg.email, event_id=msg.event_id)
+    if customer_id is None:
+        customer_id = ctx.gateway.create_customer(
+            ctx.key("customer"),
+            email=msg.email,
+            name=msg.name,
+            metadata=msg.stripe_metadata(msg.metadata),
+        )
     with ctx.tx() as session:
         session.add(
             Customer(
