@@ -1,4 +1,5 @@
-# The payworker image, used by the migrate and worker services of docker-compose.yml.
+# The payworker image, used by the migrate, worker, beat and flower services of
+# docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,12 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Only what the package needs: the tests and the Stripe fake (GPL localstripe) stay out.
-COPY pyproject.toml README.md celeryconfig.py ./
+COPY pyproject.toml README.md LICENSE celeryconfig.py ./
 COPY worker ./worker
 COPY tasks ./tasks
 COPY db ./db
 RUN pip install . \
-    && useradd --system --uid 10001 --user-group --no-create-home payworker
+    && useradd --system --uid 10001 --user-group --no-create-home payworker \
+    && mkdir -p /var/lib/flower && chown payworker:payworker /var/lib/flower
 
 # Celery warns against running as root, and a worker needs no privileges.
 USER payworker

@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install services demo test lint bench clean
+# Extra pytest arguments for the test targets, e.g. `make test PYTEST_ARGS="-x -s"`.
+PYTEST_ARGS ?=
+
+.PHONY: install services demo test test-redis test-rabbitmq lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,8 +23,37 @@ services:
 demo: install services
 	$(BIN)/payworker demo
 
+# `make test`: the whole suite on Redis, then the broker-facing core on RabbitMQ: the
+# message-flow integration tests and the chaos suite. Running everything twice takes well
+# over 8 minutes, and the rest (unit tests, validation and error codes, the operator CLI,
+# Flower, logs, metrics, migrations, the Redis rate limiter) does not depend on the broker.
+# Tests marked any_broker (set on collection: no broker, or they choose their brokers
+# themselves, like the worker-kill chaos tests that run on both in one pass) run in the
+# Redis pass only. `make test-rabbitmq` runs the whole suite on RabbitMQ.
+RABBITMQ_CORE ?= tests/integration/test_happy_path.py tests/integration/test_idempotency.py \
+	tests/integration/test_cards.py tests/integration/test_out_of_order.py \
+	tests/integration/test_stripe_faults.py tests/integration/test_sweeper.py \
+	tests/integration/test_reconciliation.py tests/chaos
+
 test: install services
-	$(BIN)/python -m pytest
+	TEST_BROKER=redis $(BIN)/python -m pytest $(PYTEST_ARGS)
+	TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "not any_broker" $(PYTEST_ARGS) $(RABBITMQ_CORE)
+
+# One broker, the whole suite (any_broker tests included).
+test-redis: install services
+	TEST_BROKER=redis $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-rabbitmq: install services
+	TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The throughput benchmark (not a test; about 12 minutes): prints a table, writes
+# bench/results/latest.json. See docs/performance.md.
+bench: install services
+	$(BIN)/python -m bench
+
+# A smoke run of the same benchmark: seconds per run, figures not meaningful.
+bench-quick: install services
+	$(BIN)/python -m bench --quick --out bench/results/quick.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -51,6 +51,15 @@ worker_prefetch_multiplier = 1
 # the broker redelivers them (the ledger would absorb it, but this is cheaper).
 worker_cancel_long_running_tasks_on_connection_loss = True
 
+# Stripe-bound tasks mostly wait on the network: one process runs PAYWORKER_CONCURRENCY of
+# them in threads (measured against prefork in docs/performance.md). Set PAYWORKER_POOL
+# rather than `-P`: Celery ignores `-P prefork` when worker_pool is configured.
+worker_pool = _settings.pool
+worker_concurrency = _settings.concurrency
+
+# Enforced by prefork only. The thread pool cannot interrupt a task: there the run is
+# bounded by its Stripe timeouts, the rate-limit wait cap and a per-run deadline checked
+# before every Stripe request (worker/resources.py, tasks/stripe_http.py).
 task_time_limit = _settings.task_time_limit
 task_soft_time_limit = _settings.task_soft_time_limit
 

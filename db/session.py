@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,21 +11,26 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()  # threads of one worker process share its engines
 
 
-def get_engine(url: str) -> Engine:
-    """The engine for `url` in this process; a forked child gets its own pool."""
+def get_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine:
+    """The engine for `url` in this process; a forked child gets its own pool. The pool
+    sizes apply when this process first asks for `url`."""
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
-        engine = create_engine(
-            url,
-            pool_pre_ping=True,  # a connection killed by a Postgres restart is replaced
-            pool_size=5,
-            max_overflow=5,
-            pool_recycle=1800,
-        )
-        _engines[key] = engine
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = create_engine(
+                    url,
+                    pool_pre_ping=True,  # a connection killed by a Postgres restart is replaced
+                    pool_size=pool_size,
+                    max_overflow=max_overflow,
+                    pool_recycle=1800,
+                )
+                _engines[key] = engine
     return engine
 
 

@@ -26,6 +26,7 @@ from tasks.errors import (
     ConfigurationFault,
     IdempotencyConflict,
     InvalidMessage,
+    PayworkerError,
     PermanentError,
     PrerequisiteMissing,
     TransientError,
@@ -34,6 +35,7 @@ from tasks.logs import EventLog
 from tasks.messages import CardTokenReceived, Message, parse_message
 from tasks.redact import safe_repr
 from tasks.retry import backoff
+from worker import metrics
 from worker.resources import resources
 from worker.settings import MAX_DB_DOWN_PAUSE, Settings, get_settings
 
@@ -102,7 +104,7 @@ class LedgerTask(Task):  # type: ignore[misc]
             wait = partial(
                 _wait_delay, settings=settings, attempt=ctx.claim.attempts, cap=remaining
             )
-            return self._later(ctx, exc.message, log, counts=False, delay_for=wait)
+            return self._later(ctx, exc, log, counts=False, delay_for=wait)
         except PermanentError as exc:
             return self._fail(ctx, exc, log)
         except DataError as exc:
@@ -110,36 +112,38 @@ class LedgerTask(Task):  # type: ignore[misc]
         except ConfigurationFault as exc:
             _shout(exc, log)
             return self._later(
-                ctx, str(exc), log, counts=False, delay_for=lambda _: settings.retry_backoff_max
+                ctx, exc, log, counts=False, delay_for=lambda _: settings.retry_backoff_max
             )
         except (TransientError, SoftTimeLimitExceeded, DBAPIError) as exc:
-            error = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
-            log.warning("transient failure", error=error)
-            return self._later(ctx, error, log, counts=True, delay_for=_backoff_for(settings))
+            log.warning("transient failure", error=_describe(exc))
+            return self._later(ctx, exc, log, counts=True, delay_for=_backoff_for(settings))
         except Exception as exc:
             # A bug or an unforeseen error: retried within the budget, then dead for a human.
             logging.getLogger("payworker").exception("unexpected error")
-            error = f"internal_error: {type(exc).__name__}: {exc}"
-            return self._later(ctx, error, log, counts=True, delay_for=_backoff_for(settings))
-        log.info("finished")
-        return {"event_id": message.event_id, "status": "done"}
+            return self._later(ctx, exc, log, counts=True, delay_for=_backoff_for(settings))
+        status = ctx.final_status or "succeeded"
+        _record_final(ctx, status)
+        log.info("finished", status=status)
+        return {"event_id": message.event_id, "status": status}
 
     def _fail(self, ctx: Context, error: PermanentError, log: EventLog) -> Outcome:
         with ctx.tx() as session:
             ctx.fail(session, error)
+        _record_final(ctx, "failed")
         log.info("failed", code=error.code, error=error.message)
         return {"event_id": ctx.claim.event_id, "status": "failed", "error_code": error.code}
 
     def _later(
         self,
         ctx: Context,
-        error: str,
+        exc: BaseException,
         log: EventLog,
         *,
         counts: bool,
         delay_for: Callable[[int], float],
     ) -> Outcome:
         """Schedule the next attempt, or bury the event when its budget is spent."""
+        error = _describe(exc)
         try:
             with ctx.tx() as session:
                 delay = ledger.retry_later(
@@ -158,9 +162,11 @@ class LedgerTask(Task):  # type: ignore[misc]
             log.warning("database unavailable; the sweeper will re-drive the event")
             return {"event_id": ctx.claim.event_id, "status": "abandoned"}
         if delay is None:
+            _record_final(ctx, "dead")
             log.error("dead: retries exhausted", error=error)
             return {"event_id": ctx.claim.event_id, "status": "dead"}
         # No countdown on the broker: the sweeper publishes the event again when due.
+        metrics.RETRIES.labels(ctx.message_type, _reason(exc)).inc()
         log.info("retry scheduled", seconds=round(delay, 2), error=error)
         return {"event_id": ctx.claim.event_id, "status": "retry_scheduled", "delay": delay}
 
@@ -239,7 +245,7 @@ class PaymentTask(LedgerTask):
 
         log = log.bind(attempt=claimed.attempts)
         log.info("processing", point=claimed.recovery_point)
-        ctx = Context(res.engine, res.gateway, res.settings, claimed)
+        ctx = Context(res.engine, res.gateway, res.settings, claimed, self.message_type)
         return self.run_workflow(ctx, self.workflow, message, log)
 
     def _reject(self, exc: InvalidMessage, kwargs: Any, log: EventLog) -> Outcome:
@@ -270,6 +276,31 @@ class PaymentTask(LedgerTask):
             return self._retry_without_ledger(db_error, log)
         log.warning("invalid message recorded", error=exc.message)
         raise exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PayworkerError):
+        return str(exc)
+    if isinstance(exc, DBAPIError | SoftTimeLimitExceeded):
+        return f"{type(exc).__name__}: {exc}"
+    return f"internal_error: {type(exc).__name__}: {exc}"
+
+
+def _reason(exc: BaseException) -> str:
+    """A bounded label for the retry metric: our error code, or the exception class."""
+    if isinstance(exc, PayworkerError):
+        return exc.code
+    if isinstance(exc, DBAPIError):
+        return "database"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "time_limit"
+    return "internal_error"
+
+
+def _record_final(ctx: Context, status: str) -> None:
+    metrics.EVENTS.labels(ctx.message_type, status).inc()
+    age = (ledger.now() - ctx.claim.created_at).total_seconds()
+    metrics.OUTCOME_SECONDS.labels(ctx.message_type, status).observe(max(0.0, age))
 
 
 def _unstorable(exc: DataError) -> InvalidMessage:

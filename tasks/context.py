@@ -27,6 +27,9 @@ class Context:
     gateway: StripeGateway
     settings: Settings
     claim: ledger.Claim
+    message_type: str = ""
+    # The final status this run wrote, once a workflow succeeded or failed the event.
+    final_status: str | None = None
 
     @property
     def point(self) -> str:
@@ -73,11 +76,13 @@ class Context:
 
     def succeed(self, session: Session, result: dict[str, Any]) -> None:
         ledger.succeed(session, self.claim, result)
+        self.final_status = "succeeded"
 
     def fail(
         self, session: Session, error: PermanentError, result: dict[str, Any] | None = None
     ) -> None:
         ledger.fail(session, self.claim, error.code, error.message, result)
+        self.final_status = "failed"
 
 
 def lock_user(session: Session, user_id: str) -> None:

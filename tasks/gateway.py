@@ -1,5 +1,9 @@
 """The only module that talks to Stripe. Every write carries the caller's idempotency key;
-every SDK error leaves here as one of our own errors (see `_translate`)."""
+every SDK error leaves here as one of our own errors (see `_translate`).
+
+One exception to "the only importer of `stripe`": tasks/stripe_http.py extends the SDK's
+HTTP client (rate limit, 429 feedback, request observer, run deadline); only this module
+builds that client."""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from tasks.errors import (
     StripeNotFound,
     TransientError,
 )
+from tasks.ratelimit import Limiter
 from tasks.redact import redact
+from tasks.stripe_http import LimitedRequestsClient, Observer
 
 # Stripe rejects idempotency keys longer than this.
 MAX_IDEMPOTENCY_KEY = 255
@@ -93,14 +99,23 @@ class StripeGateway:
 
     @classmethod
     def build(
-        cls, api_key: str, *, api_base: str | None, timeout: float, network_retries: int
+        cls,
+        api_key: str,
+        *,
+        api_base: str | None,
+        timeout: float,
+        network_retries: int,
+        limiter: Limiter | None = None,
+        observer: Observer | None = None,
     ) -> StripeGateway:
-        """A gateway with its own HTTP client and timeout (no module globals)."""
+        """A gateway with its own HTTP client and timeout (no module globals); every request
+        waits for a slot from `limiter` and is reported to `observer`."""
+        http_client = LimitedRequestsClient(timeout=timeout, limiter=limiter, observer=observer)
         client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
             max_network_retries=network_retries,
-            http_client=stripe.RequestsClient(timeout=timeout),
+            http_client=http_client,
         )
         return cls(client)
 

@@ -1,19 +1,36 @@
-"""Log lines of a task run: `message key=value …`, always redacted."""
+"""Structured, redacted logs. Every line a task writes (ours, Celery's, the Stripe SDK's)
+carries the task's bound fields (event_id, task_id, user_id, attempt): JSON lines for log
+shippers, or a readable console format on a terminal."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import MutableMapping
 from typing import Any
+
+import structlog
 
 from tasks.redact import redact
 
-logger = logging.getLogger("payworker")
+_NAME = "payworker"
+
+
+def _redact_values(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
 
 
 class RedactingFilter(logging.Filter):
     """Last line of defence: mask tokens and keys in any record, ours or a library's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):
+            return True  # a structlog event: its values are redacted by the formatter
         try:
             text = record.getMessage()
         except Exception:  # a malformed record is the library's bug; do not drop it
@@ -23,11 +40,59 @@ class RedactingFilter(logging.Filter):
         # can quote a task's arguments.
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def _exc_text(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if isinstance(record, logging.LogRecord) and record.exc_text:
+        event["exception"] = record.exc_text
+    return event
+
+
+def configure(fmt: str = "auto", level: int | str = logging.INFO) -> None:
+    """Route every logger through structlog's formatter: JSON, or console on a terminal."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _exc_text,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _redact_values,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    structlog.configure(
+        processors=[*shared[:-1], structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
 
 
 def install_redaction() -> None:
@@ -37,19 +102,29 @@ def install_redaction() -> None:
             handler.addFilter(RedactingFilter())
 
 
+def bind_task(**fields: Any) -> None:
+    """Bind fields to every log line of the current task (thread or process)."""
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in fields.items() if v is not None})
+
+
+def clear_task() -> None:
+    structlog.contextvars.clear_contextvars()
+
+
 class EventLog:
-    """A logger with fields (event_id, task_id, …) bound to every line it writes."""
+    """A logger with fields (event_id, task_id, …) bound to every line it writes; the
+    fields are also bound to the task's context so library lines carry them."""
 
     def __init__(self, **fields: Any) -> None:
         self.fields = fields
+        bind_task(**fields)
 
     def bind(self, **fields: Any) -> EventLog:
         return EventLog(**{**self.fields, **fields})
 
     def log(self, level: int, message: str, **fields: Any) -> None:
-        merged = {**self.fields, **fields}
-        rendered = " ".join(f"{key}={value}" for key, value in merged.items() if value is not None)
-        logger.log(level, redact(f"{message} {rendered}".rstrip()))
+        extra = {k: v for k, v in fields.items() if v is not None}
+        structlog.get_logger(_NAME).log(level, redact(message), **extra)
 
     def info(self, message: str, **fields: Any) -> None:
         self.log(logging.INFO, message, **fields)

@@ -19,6 +19,7 @@ from tasks.payments import WORKFLOWS
 from tasks.sealing import TokenSealer
 from tasks.sweeper import SweepReport, sweep
 from tasks.workflows.cards import TOKEN_NEEDED_AT
+from worker import metrics
 from worker.app import app
 from worker.resources import resources
 from worker.settings import Settings, get_settings
@@ -48,6 +49,8 @@ def run_sweep(celery_app: Celery, settings: Settings, engine: Any) -> SweepRepor
 def sweep_task() -> dict[str, Any]:
     """Periodic (beat): re-drive due and abandoned events."""
     report = run_sweep(app, get_settings(), resources().engine)
+    for reason, count in report.reasons.items():
+        metrics.REDRIVES.labels(reason).inc(count)
     if report.redriven:
         EventLog().info("sweep", redriven=len(report.redriven), **dict(report.reasons))
     return {"redriven": len(report.redriven), **report.reasons}
@@ -84,7 +87,7 @@ class RedriveTask(LedgerTask):
                 return {"event_id": event_id, "status": "not_needed"}
             message_type, payload, sealed = event.type, dict(event.payload), event.sealed_token
         log = log.bind(user_id=payload.get("user_id"), attempt=claimed.attempts)
-        ctx = Context(res.engine, res.gateway, res.settings, claimed)
+        ctx = Context(res.engine, res.gateway, res.settings, claimed, message_type)
         token = None
         if message_type == "card_token_received":
             token = _open(sealed, res.sealer)

@@ -1,6 +1,10 @@
-"""Fixtures on real parts: a throwaway Postgres database, Redis as the broker, the Stripe
-fake over HTTP, and payworker workers as subprocesses. A missing service skips locally
-and fails under CI (CI=true)."""
+"""Fixtures on real parts: a throwaway Postgres database, a real broker, the Stripe fake
+over HTTP, and payworker workers as subprocesses. A missing service skips locally and
+fails under CI (CI=true).
+
+The broker is Redis unless `TEST_BROKER=rabbitmq` (RabbitMQ at `TEST_RABBITMQ_URL`, quorum
+queues declared the way celeryconfig declares them). Every test queue is deleted at the
+end of the session, so neither broker accumulates queues run after run."""
 
 from __future__ import annotations
 
@@ -10,12 +14,16 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from kombu import Connection, Exchange, Queue
 from sqlalchemy import Engine, create_engine, text
 
 from db.migrate import migrate
@@ -24,7 +32,28 @@ from tests.stripe_fake import FakeStripe
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BROKER_URLS = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
+TEST_BROKER = os.environ.get("TEST_BROKER", "redis").strip().lower() or "redis"
+if TEST_BROKER not in BROKER_URLS:
+    raise pytest.UsageError(f"TEST_BROKER={TEST_BROKER!r}: expected one of {sorted(BROKER_URLS)}")
 TERMINAL = ("succeeded", "failed", "dead")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "any_broker: the outcome does not depend on TEST_BROKER (no broker, or the test"
+        " picks its brokers itself, e.g. with the chaos_broker fixture); set on collection."
+        " `make test` runs these in its Redis pass only.",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "chaos_broker" in fixtures or "broker_url" not in fixtures:
+            item.add_marker(pytest.mark.any_broker)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -73,10 +102,68 @@ def stripe_fake() -> Iterator[FakeStripe]:
     fake.stop()
 
 
+def is_rabbitmq(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def broker_url_for(broker: str) -> str:
+    """The URL of `broker` ("redis" or "rabbitmq") once its service answers."""
+    url = BROKER_URLS[broker]
+    parts = urlsplit(url)
+    default_port = 5672 if is_rabbitmq(url) else 6379
+    require({"redis": "Redis", "rabbitmq": "RabbitMQ"}[broker], parts.hostname or "127.0.0.1",
+            parts.port or default_port)
+    return url
+
+
+def payments_queue(broker_url: str, name: str) -> Queue:
+    """A payments queue declared exactly as celeryconfig declares it on this broker: a
+    durable quorum queue behind a direct exchange of the same name on RabbitMQ (any other
+    declaration gets PRECONDITION_FAILED), a plain queue on Redis."""
+    if is_rabbitmq(broker_url):
+        return Queue(name, Exchange(name, type="direct"), routing_key=name,
+                     queue_arguments={"x-queue-type": "quorum"}, durable=True)
+    return Queue(name)
+
+
+def upstream_app(broker_url: str, name: str = "upstream") -> Celery:
+    """A bare Celery app, as an upstream web app has it: none of payworker's code. On
+    RabbitMQ a queue it publishes to is declared as a quorum queue (as celeryconfig
+    declares it) and publishes wait for the broker's confirm."""
+    app = Celery(name, broker=broker_url)
+    app.conf.task_serializer = "json"
+    if is_rabbitmq(broker_url):
+        app.conf.task_create_missing_queue_type = "quorum"
+        app.conf.broker_transport_options = {"confirm_publish": True}
+    return app
+
+
+def drop_queue(broker_url: str, name: str) -> None:
+    """Delete a test queue (and on RabbitMQ its exchange); a missing one is fine. Best
+    effort: a broker that is down by now (a chaos test stopped it) only earns a warning."""
+    queue = payments_queue(broker_url, name)
+    try:
+        with Connection(broker_url, connect_timeout=5) as conn:
+            channel = conn.default_channel
+            bound = queue(channel)
+            bound.declare()  # kombu's Redis transport deletes only bindings it declared
+            bound.delete()
+            if is_rabbitmq(broker_url):
+                with suppress(Exception):
+                    bound.exchange.delete()
+    except Exception as exc:
+        warnings.warn(f"test queue {name!r} not deleted: {exc!r}", stacklevel=2)
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> str:
-    require("Redis", "127.0.0.1", 6379)
-    return REDIS_URL
+    """The broker of this run: `TEST_BROKER` (redis by default, or rabbitmq)."""
+    return broker_url_for(TEST_BROKER)
+
+
+@pytest.fixture(scope="session")
+def broker_name(broker_url: str) -> str:
+    return "rabbitmq" if is_rabbitmq(broker_url) else "redis"
 
 
 def worker_env(
@@ -98,6 +185,11 @@ def worker_env(
         "PAYWORKER_MAX_ATTEMPTS": "6",
         "PAYWORKER_LEASE_SECONDS": "20",
         "PAYWORKER_SWEEP_SECONDS": "0.5",
+        # Readable key=value lines: tests look for "event_id=…" in the worker log.
+        "PAYWORKER_LOG_FORMAT": "console",
+        # The suite's workers share one test key: the Stripe fake has no rate limit, and the
+        # limiter's own tests set theirs.
+        "PAYWORKER_STRIPE_RATE": "1000",
         "PAYWORKER_VISIBILITY_TIMEOUT": "120",
         "PYTHONPATH": str(ROOT),
     }
@@ -108,17 +200,23 @@ def worker_env(
 class WorkerProcess:
     """A `celery -A worker worker` subprocess with its log captured to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 4) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 4,
+        *, new_session: bool = False,
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.queue = env["PAYWORKER_QUEUE"]
         self._log = log_path.open("ab")
+        # new_session: the worker leads its own process group, so that a test can kill it
+        # whole (main process, pool children and the embedded beat) in one signal.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
              "--concurrency", str(concurrency), "--loglevel", "INFO", "-E", "--beat",
              "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
              "--without-gossip"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
         self._wait_ready()
 
@@ -167,6 +265,8 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+    for queue in dict.fromkeys(w.queue for w in started):
+        drop_queue(broker_url, queue)
 
 
 @pytest.fixture(scope="session")
@@ -178,8 +278,7 @@ def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
 @pytest.fixture(scope="session")
 def upstream(broker_url: str) -> Iterator[Celery]:
     """A bare Celery app, as an upstream web app has it: none of payworker's code."""
-    app = Celery("upstream", broker=broker_url)
-    app.conf.task_serializer = "json"
+    app = upstream_app(broker_url)
     yield app
     app.close()
 

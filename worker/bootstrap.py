@@ -9,7 +9,7 @@ from typing import Any
 from celery import signals
 
 from db.session import dispose_all
-from tasks.logs import install_redaction
+from tasks.logs import bind_task, clear_task, configure, install_redaction
 from tasks.redact import register_secret
 from worker.settings import get_settings
 
@@ -55,7 +55,15 @@ def _after_fork(**_: Any) -> None:
     install_redaction()
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _redact_logs(**_: Any) -> None:
-    install_redaction()
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    # Connecting here replaces Celery's own logging set-up with ours (structured, redacted).
+    configure(get_settings().log_format, loglevel or logging.INFO)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    # Fields of the previous task of this thread are dropped here, not after it, so that
+    # Celery's own "succeeded in …" line still carries them.
+    clear_task()
+    bind_task(task_id=task_id, task=getattr(task, "name", None))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +17,11 @@ DEFAULT_KEY_WINDOW = 23 * 3600
 # While Postgres is unreachable a message waits in the worker at most this long before it
 # goes back to the broker (it cannot be scheduled in a ledger it cannot reach).
 MAX_DB_DOWN_PAUSE = 10.0
+# Stripe's published request limits per account (requests/s), and the share of them we
+# use by default: other clients of the same account (the web app, the dashboard) count too.
+STRIPE_TEST_RATE = 25.0
+STRIPE_LIVE_RATE = 100.0
+DEFAULT_RATE_HEADROOM = 0.9
 
 
 class Settings(BaseSettings):
@@ -52,8 +60,57 @@ class Settings(BaseSettings):
     # countdown, so it only has to outlast one task run.
     visibility_timeout: int = Field(300, alias="PAYWORKER_VISIBILITY_TIMEOUT", ge=10)
 
+    # Log lines: "json" (one JSON object per line), "console" (readable key=value), or
+    # "auto": console on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = Field("auto", alias="PAYWORKER_LOG_FORMAT")
+
+    # Worker processes write their counters here (prometheus_client's multiprocess mode) and
+    # `payworker metrics` serves them; `payworker worker` creates it under the temp dir when
+    # unset. Its name is prometheus_client's own, which reads it at import.
+    metrics_dir: str | None = Field(None, alias="PROMETHEUS_MULTIPROC_DIR")
+    metrics_port: int = Field(9808, alias="PAYWORKER_METRICS_PORT", ge=1, le=65535)
+    metrics_address: str = Field("127.0.0.1", alias="PAYWORKER_METRICS_ADDRESS")
+
     # Secret that seals card tokens kept for re-driving; defaults to the Stripe key.
     seal_key: SecretStr | None = Field(None, alias="PAYWORKER_SEAL_KEY")
+
+    # `payworker flower`: HTTP basic auth as "user:password" (several: "u1:p1,u2:p2"),
+    # checked when Flower starts (worker/flower.py), so a typo here never stops a worker.
+    # The name is Flower's own: a plain `celery flower` reads the same variable.
+    flower_basic_auth: SecretStr | None = Field(None, alias="FLOWER_BASIC_AUTH")
+    flower_port: int = Field(5555, alias="PAYWORKER_FLOWER_PORT", ge=1, le=65535)
+    # Loopback by default: Flower shows payment traffic, so exposing it is a choice.
+    flower_address: str = Field("127.0.0.1", alias="PAYWORKER_FLOWER_ADDRESS")
+    # Where Flower keeps its task history between restarts (a dbm/shelve file).
+    flower_db: str = Field("flower.db", alias="PAYWORKER_FLOWER_DB", min_length=1)
+    flower_save_seconds: float = Field(60.0, alias="PAYWORKER_FLOWER_SAVE_SECONDS", gt=0)
+
+    # The most Stripe requests all workers together may send in any one-second window.
+    # Unset: 90% of Stripe's limit for the key's mode (see `stripe_rate_limit`).
+    stripe_rate: float | None = Field(None, alias="PAYWORKER_STRIPE_RATE", gt=0)
+    # Requests that may leave back to back after a quiet spell; each one of burst costs one
+    # request/s of sustained rate, so the window bound above still holds.
+    stripe_burst: int = Field(1, alias="PAYWORKER_STRIPE_BURST", ge=1, le=20)
+    # Where the shared limiter keeps its state; defaults to the broker when it is Redis.
+    rate_limit_redis_url: str | None = Field(None, alias="PAYWORKER_RATE_LIMIT_REDIS_URL")
+    # The longest one Stripe request waits for its slot; beyond it the event is retried
+    # through the ledger instead of holding a worker thread. Waiting threads queue for about
+    # (threads of all workers) / rate seconds: 2 workers x 48 threads at 22.5/s is ~4.5 s.
+    rate_limit_max_wait: float = Field(10.0, alias="PAYWORKER_RATE_LIMIT_MAX_WAIT", gt=0)
+    # After a 429 from Stripe every worker sends at half the rate for this long (a second
+    # 429 within it halves again, down to an eighth).
+    rate_limit_penalty_seconds: float = Field(
+        10.0, alias="PAYWORKER_STRIPE_429_PENALTY_SECONDS", gt=0
+    )
+
+    # Execution model (celeryconfig's defaults). Stripe-bound work waits on the network, so
+    # a thread pool runs many tasks per process; see docs/performance.md.
+    pool: Literal["threads", "prefork", "gevent", "solo"] = Field("threads", alias="PAYWORKER_POOL")
+    concurrency: int = Field(48, alias="PAYWORKER_CONCURRENCY", ge=1, le=512)
+    # Database connections per worker process; unset: one per concurrent task (at most 16)
+    # plus two. Every worker process has its own pool: keep their sum below Postgres'
+    # max_connections.
+    db_pool_size: int | None = Field(None, alias="PAYWORKER_DB_POOL_SIZE", ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -67,6 +124,12 @@ class Settings(BaseSettings):
     def _check_timings(self) -> Settings:
         if self.retry_backoff_base > self.retry_backoff_max:
             raise ValueError("PAYWORKER_RETRY_BACKOFF_BASE exceeds PAYWORKER_RETRY_BACKOFF_MAX")
+        return self
+
+    @model_validator(mode="after")
+    def _check_rate_limit(self) -> Settings:
+        if self.stripe_rate_limit <= self.stripe_burst:
+            raise ValueError("PAYWORKER_STRIPE_RATE must exceed PAYWORKER_STRIPE_BURST")
         return self
 
     @property
@@ -91,9 +154,39 @@ class Settings(BaseSettings):
         return max(0.5, min(self.stripe_timeout, budget))
 
     @property
+    def stripe_rate_limit(self) -> float:
+        """Requests/s all workers may send: PAYWORKER_STRIPE_RATE, else 90% of Stripe's limit
+        for the key's mode (live keys 100/s, test keys and no key 25/s)."""
+        if self.stripe_rate is not None:
+            return self.stripe_rate
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        live = key.startswith(("sk_live_", "rk_live_"))
+        return (STRIPE_LIVE_RATE if live else STRIPE_TEST_RATE) * DEFAULT_RATE_HEADROOM
+
+    @property
+    def rate_limit_redis(self) -> str | None:
+        """The Redis that holds the shared limiter, or None (per-process limiting only)."""
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        return self.broker_url if self.is_redis else None
+
+    @property
+    def rate_limit_wait_cap(self) -> float:
+        """The longest wait for a Stripe slot: the setting, but never more than a quarter of
+        the soft time limit, so a run with several calls still ends in time."""
+        return min(self.rate_limit_max_wait, self.task_soft_time_limit / 4)
+
+    @property
     def redrive_after_seconds(self) -> float:
         """How long a re-driven event may wait for its message before the next re-drive."""
         return float(self.lease_seconds)
+
+    @property
+    def metrics_path(self) -> str:
+        """Where worker processes of this queue keep their metric files."""
+        return self.metrics_dir or os.path.join(
+            tempfile.gettempdir(), f"payworker-metrics-{self.queue}"
+        )
 
     @property
     def seal_secret(self) -> str | None:

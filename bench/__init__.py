@@ -1,0 +1,1 @@
+"""Benchmarks of payworker (not tests): `make bench`."""

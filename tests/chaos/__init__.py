@@ -1,0 +1,1 @@
+"""Chaos scenarios: real processes killed and services restarted mid-run (issue 3)."""

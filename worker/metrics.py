@@ -1,0 +1,117 @@
+"""Prometheus metrics. Workers count what they do; `payworker metrics` serves those counts
+(aggregated over every worker process through PROMETHEUS_MULTIPROC_DIR) together with the
+ledger's view (backlog, oldest unfinished event, dead events), read from Postgres at scrape.
+
+Names are documented in docs/operations.md; keep them stable, alerts depend on them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from db.models import PaymentEvent
+
+# Stripe calls take from tens of milliseconds to the client timeout.
+_STRIPE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 20, 30)
+# From first receipt to outcome: sub-second normally, minutes when waiting or retrying.
+_OUTCOME_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+EVENTS = Counter(
+    "payworker_events_total",
+    "Events that reached a final status, by message type and status.",
+    ["type", "status"],
+)
+STRIPE_REQUESTS = Counter(
+    "payworker_stripe_requests_total",
+    "HTTP requests sent to Stripe, by method, endpoint and outcome (status code or error).",
+    ["method", "endpoint", "outcome"],
+)
+STRIPE_LATENCY = Histogram(
+    "payworker_stripe_request_seconds",
+    "Latency of Stripe HTTP requests.",
+    ["method", "endpoint"],
+    buckets=_STRIPE_BUCKETS,
+)
+RETRIES = Counter(
+    "payworker_retries_total",
+    "Retries scheduled in the ledger, by message type and reason (error code).",
+    ["type", "reason"],
+)
+OUTCOME_SECONDS = Histogram(
+    "payworker_event_outcome_seconds",
+    "Seconds from an event's first receipt to its final status.",
+    ["type", "status"],
+    buckets=_OUTCOME_BUCKETS,
+)
+REDRIVES = Counter(
+    "payworker_redrives_total",
+    "Events published again by the sweeper, by reason.",
+    ["reason"],
+)
+
+
+def observe_stripe(method: str, endpoint: str, outcome: str, seconds: float) -> None:
+    """Record one Stripe HTTP request (the HTTP client's observer hook)."""
+    STRIPE_REQUESTS.labels(method, endpoint, outcome).inc()
+    STRIPE_LATENCY.labels(method, endpoint).observe(seconds)
+
+
+class LedgerCollector(Collector):
+    """Gauges read from payment_events at scrape time: true across all workers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backlog = GaugeMetricFamily(
+            "payworker_ledger_events", "Events in the ledger by type and status.",
+            labels=["type", "status"],
+        )  # fmt: skip
+        oldest = GaugeMetricFamily(
+            "payworker_oldest_unfinished_event_age_seconds",
+            "Age of the oldest event still received or processing (0 when none).",
+        )
+        due = GaugeMetricFamily(
+            "payworker_retries_due", "Unfinished, unleased events whose next attempt is due."
+        )
+        with self._engine.connect() as conn:
+            for type_, status, count in conn.execute(
+                select(PaymentEvent.type, PaymentEvent.status, func.count()).group_by(
+                    PaymentEvent.type, PaymentEvent.status
+                )
+            ):
+                backlog.add_metric([type_, status], count)
+            unfinished = PaymentEvent.status.in_(["received", "processing"])
+            first = conn.execute(select(func.min(PaymentEvent.created_at)).where(unfinished))
+            created = first.scalar()
+            overdue = conn.execute(
+                select(func.count()).where(
+                    unfinished,
+                    PaymentEvent.locked_until.is_(None),
+                    PaymentEvent.next_attempt_at <= func.now(),
+                )
+            ).scalar()
+        oldest.add_metric([], max(0.0, time.time() - created.timestamp()) if created else 0.0)
+        due.add_metric([], float(overdue or 0))
+        yield from (backlog, oldest, due)
+
+
+def registry_for_scrape(engine: Engine, multiproc_dir: str | None) -> CollectorRegistry:
+    """The registry `payworker metrics` serves: every worker process's counters (multiprocess
+    mode when PROMETHEUS_MULTIPROC_DIR is set) and the ledger gauges."""
+    registry = CollectorRegistry()
+    if multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    registry.register(LedgerCollector(engine))
+    return registry

@@ -1,0 +1,122 @@
+"""Rich renderings of the ledger for the `payworker` command."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from db.models import EventStatus
+from worker.queries import EventLine, StatusOverview
+
+STATUS_COLOURS = {
+    EventStatus.RECEIVED: "blue",
+    EventStatus.PROCESSING: "cyan",
+    EventStatus.SUCCEEDED: "green",
+    EventStatus.FAILED: "yellow",
+    EventStatus.DEAD: "bold red",
+}
+
+
+def status_table(overview: StatusOverview) -> Table:
+    table = Table(title="payment events by type and status", box=box.SIMPLE_HEAVY, pad_edge=False)
+    table.add_column("type", no_wrap=True)
+    for state in EventStatus:
+        table.add_column(
+            state.value,
+            justify="right",
+            style=STATUS_COLOURS[state],
+            no_wrap=True,
+            min_width=len(state.value),
+        )
+    table.add_column("total", justify="right", style="bold", no_wrap=True)
+
+    def cells(counts: list[int]) -> list[str]:
+        out = []
+        for state, n in zip(EventStatus, counts, strict=True):
+            if state == EventStatus.DEAD and n > 0:
+                out.append(f"[reverse]{n}[/reverse]")
+            else:
+                out.append(str(n) if n else "[dim]0[/dim]")
+        return [*out, str(sum(counts))]
+
+    for type_ in overview.types:
+        table.add_row(type_, *cells([overview.counts.get((type_, s), 0) for s in EventStatus]))
+    table.add_section()
+    table.add_row("all", *cells([overview.by_status(s) for s in EventStatus]))
+    return table
+
+
+# `events list` columns in display order; the optional ones are dropped, last first, when
+# the terminal is too narrow (`--json` and `events show` always have everything).
+EVENT_COLUMNS = ("event_id", "type", "user_id", "status", "error_code", "att", "age", "last error")
+OPTIONAL_COLUMNS = ("type", "user_id")
+MAX_ERROR_WIDTH = 60
+MIN_ERROR_WIDTH = 16
+
+
+def events_table(console: Console, lines: list[EventLine], moment: datetime) -> Table:
+    rows: list[dict[str, Text]] = []  # Text: ids are not markup
+    for line in lines:
+        error = " ".join((line.last_error or line.error_message or "").split())
+        rows.append(
+            {
+                "event_id": Text(line.event_id),
+                "type": Text(line.type),
+                "user_id": Text(line.user_id or "-"),
+                "status": Text(line.status, style=STATUS_COLOURS.get(EventStatus(line.status), "")),
+                "error_code": Text(line.error_code or ""),
+                "att": Text(str(line.attempts)),
+                "age": Text(age_text(line.age(moment))),
+                "last error": Text(error),
+            }
+        )
+
+    def build(columns: list[str], error_width: int | None = None) -> Table:
+        table = Table(box=box.SIMPLE, pad_edge=False)
+        for name in EVENT_COLUMNS:
+            if name in columns:
+                table.add_column(
+                    name,
+                    justify="right" if name in ("att", "age") else "left",
+                    # An event id must stay whole: it folds rather than being cut.
+                    overflow="fold" if name == "event_id" else "ellipsis",
+                    no_wrap=name != "event_id",
+                    max_width=error_width if name == "last error" else None,
+                )
+        for row in rows:
+            table.add_row(*(row[name] for name in EVENT_COLUMNS if name in columns))
+        return table
+
+    def natural_width(columns: list[str]) -> int:
+        unbounded = console.options.update_width(1_000_000)
+        return console.measure(build(columns), options=unbounded).maximum
+
+    # The event id whole and why it stopped come first, then who and what.
+    gap = 3  # between two columns of box.SIMPLE
+    columns = [c for c in EVENT_COLUMNS if c not in (*OPTIONAL_COLUMNS, "last error")]
+    for optional in OPTIONAL_COLUMNS:
+        if natural_width([*columns, optional]) + gap + MIN_ERROR_WIDTH <= console.width:
+            columns.append(optional)
+    room = console.width - natural_width(columns) - gap
+    if room >= MIN_ERROR_WIDTH:
+        return build([*columns, "last error"], error_width=min(MAX_ERROR_WIDTH, room))
+    return build(columns)
+
+
+def age_text(delta: timedelta) -> str:
+    """3d04h, 2h05m, 4m12s, 9s."""
+    seconds = max(0, int(delta.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
