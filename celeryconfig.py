@@ -48,8 +48,9 @@ task_reject_on_worker_lost = True
 # (or dying) process.
 worker_prefetch_multiplier = 1
 # A connection loss cancels running acks_late tasks instead of letting them run while
-# the broker redelivers them (the ledger would absorb it, but this is cheaper).
-worker_cancel_long_running_tasks_on_connection_loss = True
+# the broker redelivers them (the ledger absorbs it either way). Only prefork can cancel
+# a running task; the thread pool would log NotImplementedError on every connection loss.
+worker_cancel_long_running_tasks_on_connection_loss = _settings.pool == "prefork"
 
 # Stripe-bound tasks mostly wait on the network: one process runs PAYWORKER_CONCURRENCY of
 # them in threads (measured against prefork in docs/performance.md). Set PAYWORKER_POOL
@@ -67,6 +68,16 @@ task_soft_time_limit = _settings.task_soft_time_limit
 # longest a message is held (checked at worker start). No message carries a countdown:
 # retries are scheduled in the ledger and published by the sweeper when due.
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+if _settings.is_redis:
+    # kombu looks for expired unacked messages only every interval x throttle seconds
+    # (100 s by default), and a worker killed mid-scan blocks scans for the mutex's life:
+    # scan often enough that a killed worker's message returns soon after the timeout.
+    _scan = max(1, min(10, _settings.visibility_timeout // 4))
+    broker_transport_options.update(
+        unacked_restore_interval=_scan,
+        unacked_restore_throttle=1,
+        unacked_mutex_expire=max(_scan * 3, 10),
+    )
 if not _settings.is_redis:
     # Publisher confirms: a publish returns only once RabbitMQ has the message.
     broker_transport_options["confirm_publish"] = True

@@ -33,6 +33,7 @@ from tasks.errors import (
 )
 from tasks.logs import EventLog
 from tasks.messages import CardTokenReceived, Message, parse_message
+from tasks.ratelimit import RateLimitedLocally
 from tasks.redact import safe_repr
 from tasks.retry import backoff
 from worker import metrics
@@ -114,6 +115,10 @@ class LedgerTask(Task):  # type: ignore[misc]
             return self._later(
                 ctx, exc, log, counts=False, delay_for=lambda _: settings.retry_backoff_max
             )
+        except RateLimitedLocally as exc:
+            # Our own limiter said "not now": Stripe did nothing, so no budget is spent.
+            log.info("rate limited locally", error=_describe(exc))
+            return self._later(ctx, exc, log, counts=False, delay_for=_backoff_for(settings))
         except (TransientError, SoftTimeLimitExceeded, DBAPIError) as exc:
             log.warning("transient failure", error=_describe(exc))
             return self._later(ctx, exc, log, counts=True, delay_for=_backoff_for(settings))

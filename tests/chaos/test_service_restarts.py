@@ -23,6 +23,8 @@ every answer, so that a batch is still in flight when the failure comes.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -182,6 +184,11 @@ def finish_and_check(
 def test_redis_restarted_twice_mid_batch(
     fake: FakeStripe, database: tuple[str, Engine], tmp_path: Path
 ) -> None:
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed: chaos 3 runs a Redis of its own"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
     url, engine = database
     redis = RedisServer(tmp_path / "redis").start()
     # A message a worker had reserved when Redis went down stays in `unacked` until the
