@@ -11,7 +11,11 @@ from celery import signals
 from db.session import dispose_all
 from tasks.logs import bind_task, clear_task, configure, install_redaction
 from tasks.redact import register_secret
+from worker import metrics, resources
 from worker.settings import get_settings
+
+# Every Stripe HTTP request of this process is counted and timed.
+resources.observe_stripe(metrics.observe_stripe)
 
 
 class UnsafeConfiguration(RuntimeError):

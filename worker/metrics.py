@@ -55,8 +55,9 @@ REDRIVES = Counter(
 )
 
 
-def observe_stripe(method: str, endpoint: str, outcome: str, seconds: float) -> None:
+def observe_stripe(method: str, endpoint: str, status: int | None, seconds: float) -> None:
     """Record one Stripe HTTP request (the HTTP client's observer hook)."""
+    outcome = str(status) if status is not None else "error"
     STRIPE_REQUESTS.labels(method, endpoint, outcome).inc()
     STRIPE_LATENCY.labels(method, endpoint).observe(seconds)
 

@@ -94,5 +94,10 @@ def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(
     assert sample(body, "payworker_event_outcome_seconds_count", type="charge_requested") >= 2
     assert sample(body, "payworker_ledger_events", type="charge_requested",
                   status="succeeded") >= 1
+    assert sample(body, "payworker_stripe_requests_total", method="POST",
+                  endpoint="/v1/charges", outcome="500") >= 1
+    assert sample(body, "payworker_stripe_requests_total", method="POST",
+                  endpoint="/v1/charges", outcome="200") >= 1
+    assert sample(body, "payworker_stripe_request_seconds_count", method="GET") >= 1
     assert re.search(r"^payworker_oldest_unfinished_event_age_seconds \S+$", body, re.M)
     assert re.search(r"^payworker_retries_due \S+$", body, re.M)
