@@ -15,7 +15,8 @@ COPY tasks ./tasks
 COPY db ./db
 RUN pip install . \
     && useradd --system --uid 10001 --user-group --no-create-home payworker \
-    && mkdir -p /var/lib/flower && chown payworker:payworker /var/lib/flower
+    && mkdir -p /var/lib/flower /var/lib/payworker-metrics \
+    && chown payworker:payworker /var/lib/flower /var/lib/payworker-metrics
 
 # Celery warns against running as root, and a worker needs no privileges.
 USER payworker
