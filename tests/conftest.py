@@ -8,6 +8,7 @@ end of the session, so neither broker accumulates queues run after run."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -117,13 +118,15 @@ def broker_url_for(broker: str) -> str:
 
 
 def payments_queue(broker_url: str, name: str) -> Queue:
-    """A payments queue declared exactly as celeryconfig declares it on this broker: a
-    durable quorum queue behind a direct exchange of the same name on RabbitMQ (any other
-    declaration gets PRECONDITION_FAILED), a plain queue on Redis."""
+    """A payments queue as the worker declares it: behind a direct exchange of the same
+    name, and on RabbitMQ a durable quorum queue (any other declaration gets
+    PRECONDITION_FAILED). On Redis the exchange matters too: deleting the queue removes
+    only the binding declared here, and a binding left behind lets the messages a killed
+    worker held (restored after the visibility timeout) refill the deleted queue."""
     if is_rabbitmq(broker_url):
         return Queue(name, Exchange(name, type="direct"), routing_key=name,
                      queue_arguments={"x-queue-type": "quorum"}, durable=True)
-    return Queue(name)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def upstream_app(broker_url: str, name: str = "upstream") -> Celery:
@@ -147,12 +150,28 @@ def drop_queue(broker_url: str, name: str) -> None:
             channel = conn.default_channel
             bound = queue(channel)
             bound.declare()  # kombu's Redis transport deletes only bindings it declared
-            bound.delete()
             if is_rabbitmq(broker_url):
+                bound.delete()
                 with suppress(Exception):
                     bound.exchange.delete()
+            else:
+                _forget_unacked(channel, name)
+                bound.delete()
     except Exception as exc:
         warnings.warn(f"test queue {name!r} not deleted: {exc!r}", stacklevel=2)
+
+
+def _forget_unacked(channel: Any, queue: str) -> None:
+    """Redis: drop the unacked messages of a queue (those a killed worker held). kombu
+    would restore them into the queue's list after the visibility timeout, recreating a
+    queue nobody consumes any more."""
+    client = channel.client
+    for tag, raw in client.hscan_iter(channel.unacked_key):
+        with suppress(ValueError, TypeError):
+            _message, _exchange, routing_key = json.loads(raw)
+            if routing_key == queue:
+                client.hdel(channel.unacked_key, tag)
+                client.zrem(channel.unacked_index_key, tag)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 The Stripe fake creates the charge, then holds the response back for a few seconds; the
 worker is killed in that window, so Stripe has the charge and Postgres does not know it.
 Whatever comes next (a new worker, or the surviving main process) must finish the event
-with exactly one charge on Stripe, within the lease plus a sweep interval. Runs on Redis
-and on RabbitMQ in the same pytest invocation.
+with exactly one charge on Stripe, within the lease plus a sweep interval (plus a few
+seconds of slack for the re-driven run; a new worker that takes longer than the lease to
+start moves the bound by that much). Runs on Redis and on RabbitMQ in the same pytest
+invocation, whatever TEST_BROKER says.
 
 Also here: the start-up check that keeps a worker from running with a visibility timeout
 that would let Redis deliver a running message twice.
@@ -43,8 +45,8 @@ from tests.stripe_fake import FakeStripe
 CHARGES = "^/v1/charges$"
 # How long the fake holds back the answer of a charge it has already created.
 IN_FLIGHT_DELAY = 3.0
-# Beyond lease + sweep: the re-driven run itself, and the new worker's start when it
-# outlasts the lease (it starts while the lease runs out).
+# Beyond lease + sweep: the sweep's publish and the re-driven run itself (claim, the
+# replayed Stripe call, the commit), on a machine that may be busy.
 SLACK_SECONDS = 5.0
 RECOVERY_BOUND = LEASE_SECONDS + SWEEP_SECONDS + SLACK_SECONDS
 
@@ -146,7 +148,8 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
     """SIGKILL the worker's whole process group (main process, pool processes, beat) while
     Stripe holds back the answers of three charges it has made; a new worker on the same
     queue finishes each event with one charge, within lease + sweep interval (+ slack) of
-    the kill. With the product's default pool and with prefork."""
+    the kill, or of the new worker's start if that took longer than the lease. With the
+    product's default pool and with prefork."""
     stripe, in_flight = fault_free_stripe, 3
     pool_setting = {} if pool == "default" else {"PAYWORKER_POOL": pool}
     first = killable_workers(concurrency=in_flight, **pool_setting)
@@ -171,21 +174,26 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
     if pool == "prefork":
         assert "(prefork)" in first.log() and len(victims) >= 2 + in_flight, victims
     second = killable_workers(queue=first.queue, concurrency=2, **pool_setting)
-    rows = wait_for(*events, timeout=RECOVERY_BOUND + 20)
+    # The lease runs out while the new worker starts; on a busy machine the start may take
+    # longer than the lease, and nothing can re-drive before a worker is up.
+    started_in = time.monotonic() - killed_at
+    bound = max(LEASE_SECONDS, started_in) + SWEEP_SECONDS + SLACK_SECONDS
+    rows = wait_for(*events, timeout=bound + 20)
     recovery = time.monotonic() - killed_at
 
     duplicates, lost, posts, problems = _audit(stripe, engine, events)
     figures(
         f"whole worker SIGKILL mid-charge [{chaos_broker.name}]",
         pool=_pool(first), events=len(events), kills=1, processes_killed=len(victims),
-        duplicates=duplicates, lost=lost, recovery_s=round(recovery, 1), bound_s=RECOVERY_BOUND,
+        duplicates=duplicates, lost=lost, recovery_s=round(recovery, 1),
+        new_worker_ready_s=round(started_in, 1), bound_s=round(bound, 1),
         charge_posts=sorted(posts.values()), attempts=sorted(r["attempts"] for r in rows.values()),
     )
     assert not problems, problems
     # The first POST's answer was lost with the worker; the resumed run repeated it with
     # the same idempotency key and Stripe replayed the charge.
     assert all(n >= 2 for n in posts.values()), posts
-    assert recovery <= RECOVERY_BOUND, f"recovered in {recovery:.1f}s > {RECOVERY_BOUND}s"
+    assert recovery <= bound, f"recovered in {recovery:.1f}s > {bound:.1f}s"
     assert second.alive()
 
 
