@@ -18,8 +18,9 @@ from worker.settings import get_settings
 resources.observe_stripe(metrics.observe_stripe)
 
 
-class UnsafeConfiguration(RuntimeError):
-    """The worker would lose or double messages with this configuration."""
+class UnsafeConfiguration(SystemExit):
+    """The worker would lose or double messages with this configuration. A SystemExit,
+    because Celery logs and swallows ordinary exceptions raised by signal handlers."""
 
 
 def check_worker_config(conf: Any) -> list[str]:
@@ -50,7 +51,7 @@ def _refuse_unsafe_start(sender: Any = None, **_: Any) -> None:
     if problems:
         for problem in problems:
             logging.getLogger("payworker").critical("refusing to start: %s", problem)
-        raise UnsafeConfiguration("; ".join(problems))
+        raise UnsafeConfiguration("payworker refuses to start: " + "; ".join(problems))
 
 
 @signals.worker_process_init.connect
