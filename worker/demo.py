@@ -341,6 +341,10 @@ def run_demo(users: int, console: Console) -> int:
             console.print(f"[red]Postgres unreachable: {exc.orig}[/]\nStart it: `make services`")
             return 1
         app = Celery("upstream-demo", broker=settings.broker_url)
+        if not settings.is_redis:
+            # RabbitMQ: declare the queue exactly as the worker does (a quorum queue).
+            app.conf.task_create_missing_queue_type = "quorum"
+            app.conf.broker_transport_options = {"confirm_publish": True}
         stack.callback(app.close)
         try:
             with app.connection_for_write() as conn:
