@@ -89,14 +89,7 @@ class LimitedRequestsClient(stripe.RequestsClient):
         *,
         _usage: list[str] | None = None,
     ) -> tuple[bytes, int, Mapping[str, str]]:
-        self._wait_for_slot()
-        started = time.monotonic()
-        status = None
-        try:
-            content, status, rheaders = super().request(method, url, headers, post_data)
-        finally:
-            self._done(method, url, status, time.monotonic() - started)
-        return content, status, rheaders
+        return self._limited(super().request, method, url, headers, post_data)
 
     def request_stream(
         self,
@@ -107,11 +100,22 @@ class LimitedRequestsClient(stripe.RequestsClient):
         *,
         _usage: list[str] | None = None,
     ) -> tuple[Any, int, Mapping[str, str]]:
+        return self._limited(super().request_stream, method, url, headers, post_data)
+
+    def _limited(
+        self,
+        send: Callable[..., tuple[Any, int, Mapping[str, str]]],
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        """Wait for a rate-limit slot, send, and report the request to the observer."""
         self._wait_for_slot()
         started = time.monotonic()
         status = None
         try:
-            content, status, rheaders = super().request_stream(method, url, headers, post_data)
+            content, status, rheaders = send(method, url, headers, post_data)
         finally:
             self._done(method, url, status, time.monotonic() - started)
         return content, status, rheaders
