@@ -68,6 +68,10 @@ task_soft_time_limit = _settings.task_soft_time_limit
 # longest a message is held (checked at worker start). No message carries a countdown:
 # retries are scheduled in the ledger and published by the sweeper when due.
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+if _settings.broker_url.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport pops a message before recording it as unacked, so a Redis
+    # restart between the two loses it; ours moves it atomically (worker/redis_transport.py).
+    broker_transport = "worker.redis_transport:Transport"
 if _settings.is_redis:
     # kombu looks for expired unacked messages only every interval x throttle seconds
     # (100 s by default), and a worker killed mid-scan blocks scans for the mutex's life:

@@ -157,6 +157,9 @@ def drop_queue(broker_url: str, name: str) -> None:
             else:
                 _forget_unacked(channel, name)
                 bound.delete()
+                # payworker's transport keeps a claimed list per queue (usually empty)
+                channel.client.delete(f"payworker.claimed:{name}",
+                                      f"payworker.claimed_seen:{name}")
     except Exception as exc:
         warnings.warn(f"test queue {name!r} not deleted: {exc!r}", stacklevel=2)
 

@@ -851,10 +851,13 @@ def unacked_event_ids(broker_url: str) -> set[str]:
 
 
 def queued_event_ids(broker_url: str, queue: str) -> set[str]:
-    """Event ids of the messages waiting in a Redis queue (a kombu list)."""
+    """Event ids of the messages waiting in a Redis queue (a kombu list), or taken off it
+    by a consumer that has not recorded them as unacked yet (the queue's claimed list,
+    worker/redis_transport.py)."""
     client = redis.Redis.from_url(broker_url)
     try:
-        ids = (_event_id_of(raw) for raw in client.lrange(queue, 0, -1))
+        raws = client.lrange(queue, 0, -1) + client.lrange(f"payworker.claimed:{queue}", 0, -1)
+        ids = (_event_id_of(raw) for raw in raws)
         return {e for e in ids if e is not None}
     finally:
         client.close()
