@@ -28,6 +28,7 @@ from typing import Any
 from kombu.transport import redis, virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,18 @@ class Channel(redis.Channel):
     _claiming: str | None = None
     _claim: tuple[str, bytes] | None = None
     _atomic: bool | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # kombu closes a channel (restoring its unacked messages) after a connection loss,
+        # sometimes once its transport has already let go of the connection: kombu's own
+        # code then fails with AttributeError on `None.hostname`, which Celery does not
+        # count as a connection error, so the worker exits. As a connection error it is
+        # ignored and the consumer reconnects; the unacked messages come back through the
+        # visibility timeout instead.
+        if getattr(self.connection, "client", None) is None:
+            raise RedisConnectionError("the broker connection is already closed")
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        return params
 
     def take_claim(self) -> tuple[str, bytes] | None:
         """The claimed entry of the message being delivered now (once), if any."""
