@@ -53,6 +53,12 @@ REDRIVES = Counter(
     "Events published again by the sweeper, by reason.",
     ["reason"],
 )
+BROKER_RESTORED = Counter(
+    "payworker_broker_messages_restored_total",
+    "Messages the Redis transport put back on their queue, by reason: claimed (taken by a"
+    " consumer that never recorded them) or priority (found on a priority sub-queue).",
+    ["reason"],
+)
 
 
 def observe_stripe(method: str, endpoint: str, status: int | None, seconds: float) -> None:

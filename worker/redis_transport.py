@@ -30,6 +30,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from worker import metrics
+
 logger = logging.getLogger(__name__)
 
 # The claimed list of a queue, and the hash of when the scan first saw each entry there.
@@ -200,6 +202,10 @@ class Channel(redis.Channel):
                 restored, moved = client.eval(
                     RECOVER_SCRIPT, len(keys), *keys, int(grace), MOVE_LIMIT
                 )
+            if restored:
+                metrics.BROKER_RESTORED.labels("claimed").inc(restored)
+            if moved:
+                metrics.BROKER_RESTORED.labels("priority").inc(moved)
             if restored or moved:
                 logger.warning(
                     "queue %s: %d message(s) taken by a consumer that never recorded them put"
