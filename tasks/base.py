@@ -37,7 +37,7 @@ from tasks.ratelimit import RateLimitedLocally
 from tasks.redact import safe_repr
 from tasks.retry import backoff
 from worker import metrics
-from worker.resources import resources
+from worker.resources import Resources, resources
 from worker.settings import MAX_DB_DOWN_PAUSE, Settings, get_settings
 
 Workflow = Callable[[Context, Any], None]
@@ -220,16 +220,7 @@ class PaymentTask(LedgerTask):
         owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
         sealed = res.sealer.seal(message.token) if isinstance(message, CardTokenReceived) else None
         try:
-            with transaction(res.engine) as session:
-                claimed = ledger.claim(
-                    session,
-                    self.message_type,
-                    message,
-                    owner,
-                    res.settings.lease_seconds,
-                    queue=res.settings.queue,
-                    sealed_token=sealed,
-                )
+            claimed = _claim(res, self.message_type, message, owner, sealed)
         except IdempotencyConflict as exc:
             log.error("idempotency conflict", error=exc.message)
             raise
@@ -281,6 +272,30 @@ class PaymentTask(LedgerTask):
             return self._retry_without_ledger(db_error, log)
         log.warning("invalid message recorded", error=exc.message)
         raise exc
+
+
+def _claim(
+    res: Resources, message_type: str, message: Message, owner: str, sealed: str | None
+) -> ledger.ClaimOutcome:
+    """Claim the event in a transaction of its own. The claim is one idempotent statement:
+    when it fails because its pooled connection turned out dead (Postgres restarted, or
+    its backend was killed), it is repeated once at once on a fresh connection."""
+    for tries_left in (1, 0):
+        try:
+            with res.engine.begin() as conn:
+                return ledger.claim(
+                    conn,
+                    message_type,
+                    message,
+                    owner,
+                    res.settings.lease_seconds,
+                    queue=res.settings.queue,
+                    sealed_token=sealed,
+                )
+        except DBAPIError as exc:
+            if not (tries_left and exc.connection_invalidated):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Card, Customer
@@ -49,7 +49,14 @@ class Context:
         with transaction(self.engine) as session:
             yield session
 
-    def checkpoint(self, session: Session, point: str, **progress: Any) -> None:
+    @contextmanager
+    def core_tx(self) -> Iterator[Connection]:
+        """A short transaction on a plain connection, for Core statements only (cheaper than
+        a session on the hot path); no Stripe call may happen inside it either."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def checkpoint(self, session: ledger.Executor, point: str, **progress: Any) -> None:
         """Record that the workflow reached `point`, in the caller's transaction."""
         ledger.checkpoint(session, self.claim, point, self.settings.lease_seconds, **progress)
         self.claim = ledger.Claim(
@@ -60,7 +67,7 @@ class Context:
             }
         )
 
-    def begin_write(self, session: Session, point: str, **progress: Any) -> None:
+    def begin_write(self, session: ledger.Executor, point: str, **progress: Any) -> None:
         """Checkpoint just before a Stripe write whose outcome may become unknown, noting
         when its idempotency key was first used."""
         self.checkpoint(session, point, write_started_at=ledger.now().isoformat(), **progress)
@@ -74,12 +81,15 @@ class Context:
         age = ledger.now() - datetime.fromisoformat(started)
         return age.total_seconds() > self.settings.stripe_key_window_seconds
 
-    def succeed(self, session: Session, result: dict[str, Any]) -> None:
+    def succeed(self, session: ledger.Executor, result: dict[str, Any]) -> None:
         ledger.succeed(session, self.claim, result)
         self.final_status = "succeeded"
 
     def fail(
-        self, session: Session, error: PermanentError, result: dict[str, Any] | None = None
+        self,
+        session: ledger.Executor,
+        error: PermanentError,
+        result: dict[str, Any] | None = None,
     ) -> None:
         ledger.fail(session, self.claim, error.code, error.message, result)
         self.final_status = "failed"

@@ -1,7 +1,11 @@
 """The payment_events ledger: claim an event, checkpoint it, and record its outcome.
 
-Every function here runs inside a caller's short transaction and touches one event row,
-locked with SELECT … FOR UPDATE so two deliveries of one event never interleave."""
+Every function here runs inside a caller's short transaction and touches one event row.
+The writes of a run (claim, checkpoint, outcome) are each one Core statement that checks
+the lease in its WHERE clause and locks the row as it updates it, so two deliveries of one
+event never interleave and a run that lost its lease writes nothing (LeaseLost). They run
+once or more per charge, so they avoid the ORM's load-then-flush round trips. The rarer
+paths (a re-drive, a retry, an invalid message) keep the ORM's SELECT … FOR UPDATE."""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Table, and_, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL_STATUSES, EventStatus, PaymentEvent
@@ -22,6 +26,14 @@ from tasks.messages import Message
 from tasks.redact import redact, sanitize
 
 STARTED = "started"
+# The caller's transaction: an ORM session, or a plain connection on the hot path.
+Executor = Session | Connection
+# How often a claim is tried again when the row changed between the upsert and the look at
+# why it was refused (a lease that ran out just then, an event replayed from dead).
+_CLAIM_TRIES = 3
+
+_events = cast(Table, PaymentEvent.__table__)
+_TERMINAL = sorted(TERMINAL_STATUSES)
 
 
 def now() -> datetime:
@@ -70,15 +82,15 @@ def _locked(session: Session, event_id: str) -> PaymentEvent | None:
     return session.scalars(stmt).one_or_none()
 
 
-def _conflict(event: PaymentEvent, message_type: str) -> IdempotencyConflict:
+def _conflict(event_id: str, first_type: str, message_type: str) -> IdempotencyConflict:
     return IdempotencyConflict(
-        f"event {event.event_id!r} was first received as {event.type} with another payload;"
+        f"event {event_id!r} was first received as {first_type} with another payload;"
         f" this {message_type} delivery is rejected and the first one stands",
     )
 
 
 def claim(
-    session: Session,
+    session: Executor,
     message_type: str,
     message: Message,
     owner: str,
@@ -92,28 +104,111 @@ def claim(
     Raises:
         IdempotencyConflict: the event_id is known with another type or payload.
     """
-    digest = message.fingerprint()
-    session.execute(
-        insert(PaymentEvent)
-        .values(
-            event_id=message.event_id,
-            type=message_type,
-            user_id=message.user_id,
-            payload=message.stored_payload(),
-            payload_hash=digest,
-            status=EventStatus.RECEIVED,
-            recovery_point=STARTED,
-            progress={},
-            queue=queue,
-            sealed_token=sealed_token,
+    values: dict[str, Any] = {
+        "event_id": message.event_id,
+        "type": message_type,
+        "user_id": message.user_id,
+        "payload": message.stored_payload(),
+        "payload_hash": message.fingerprint(),
+        "queue": queue,
+        "sealed_token": sealed_token,
+        "owner": owner,
+    }
+    for _ in range(_CLAIM_TRIES):
+        moment = now()
+        row = session.execute(
+            _CLAIM, {**values, "now": moment, "until": moment + timedelta(seconds=lease_seconds)}
+        ).one_or_none()
+        if row is not None:
+            return Claim(
+                event_id=message.event_id,
+                owner=owner,
+                recovery_point=row.recovery_point,
+                progress=dict(row.progress or {}),
+                generation=row.generation,
+                attempts=row.attempts,
+                transient_failures=row.transient_failures,
+                created_at=row.created_at,
+            )
+        refused = _why_refused(
+            session, message.event_id, message_type, values["payload_hash"], owner
         )
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        if refused is not None:
+            return refused
+    return Busy(now())  # the row keeps changing under us: another delivery is at work
+
+
+def _claim_statement() -> Any:
+    """One round trip: insert the event already claimed, or take the lease of the known
+    row when it has the same type and payload, is unfinished and its lease is free (or
+    ours); returns nothing otherwise. ON CONFLICT locks the row while it decides."""
+    stmt = insert(_events).values(
+        event_id=bindparam("event_id"),
+        type=bindparam("type"),
+        user_id=bindparam("user_id"),
+        payload=bindparam("payload", type_=JSONB),
+        payload_hash=bindparam("payload_hash"),
+        status=EventStatus.PROCESSING,
+        attempts=1,
+        recovery_point=STARTED,
+        progress=literal_column("'{}'::jsonb"),
+        queue=bindparam("queue"),
+        sealed_token=bindparam("sealed_token"),
+        locked_by=bindparam("owner"),
+        locked_until=bindparam("until"),
     )
-    event = _locked(session, message.event_id)
-    assert event is not None  # inserted above or already there; rows are never deleted
-    if event.payload_hash != digest or event.type != message_type:
-        raise _conflict(event, message_type)
-    return _take(event, owner, lease_seconds)
+    row = _events.c
+    return stmt.on_conflict_do_update(
+        index_elements=[row.event_id],
+        set_={
+            "status": EventStatus.PROCESSING,
+            "attempts": row.attempts + 1,
+            "locked_by": stmt.excluded.locked_by,
+            "locked_until": stmt.excluded.locked_until,
+            "next_attempt_at": None,
+            "updated_at": func.now(),  # ON CONFLICT does not apply the column's onupdate
+        },
+        where=and_(
+            row.payload_hash == stmt.excluded.payload_hash,
+            row.type == stmt.excluded.type,
+            row.status.not_in(_TERMINAL),
+            or_(
+                row.locked_until.is_(None),
+                row.locked_until <= bindparam("now"),
+                row.locked_by == stmt.excluded.locked_by,
+            ),
+        ),
+    ).returning(
+        row.recovery_point,
+        row.progress,
+        row.generation,
+        row.attempts,
+        row.transient_failures,
+        row.created_at,
+    )
+
+
+_CLAIM = _claim_statement()
+
+
+def _why_refused(
+    session: Executor, event_id: str, message_type: str, digest: str, owner: str
+) -> ClaimOutcome | None:
+    """Why the claim took nothing: a conflict, a finished event or a live lease; None when
+    the row has become claimable since (try again)."""
+    row = session.execute(
+        select(
+            _events.c.type, _events.c.payload_hash, _events.c.status, _events.c.locked_by,
+            _events.c.locked_until,
+        ).where(_events.c.event_id == event_id)
+    ).one()  # fmt: skip
+    if row.payload_hash != digest or row.type != message_type:
+        raise _conflict(event_id, row.type, message_type)
+    if row.status in TERMINAL_STATUSES:
+        return AlreadyFinished(row.status)
+    if row.locked_until is not None and row.locked_until > now() and row.locked_by != owner:
+        return Busy(row.locked_until)
+    return None
 
 
 def reclaim(
@@ -161,19 +256,72 @@ def owned(session: Session, claim: Claim) -> PaymentEvent:
     return event
 
 
+def _owned_update(columns: tuple[str, ...]) -> Any:
+    """An UPDATE of `columns` (bound as `v_<column>`; progress is merged, not replaced)
+    that matches only while the lease named by `b_event_id` and `b_owner` stands."""
+    values: dict[str, Any] = {}
+    for name in columns:
+        column = _events.c[name]
+        value: Any = bindparam(f"v_{name}", type_=column.type)
+        if name == "progress":
+            value = func.coalesce(column, literal_column("'{}'::jsonb")).op(
+                "||", return_type=JSONB
+            )(value)
+        values[name] = value
+    return (
+        update(_events)
+        .where(
+            _events.c.event_id == bindparam("b_event_id"),
+            _events.c.locked_by == bindparam("b_owner"),
+            _events.c.status.not_in(_TERMINAL),
+        )
+        .values(values)
+        .returning(_events.c.event_id)
+    )
+
+
+# Built once per set of columns, so that SQLAlchemy compiles each statement once.
+_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
+def _write_owned(session: Executor, claim: Claim, values: dict[str, Any]) -> None:
+    """Update the event while it is ours.
+
+    Raises:
+        LeaseLost: another worker owns the event now, or it is already finished.
+    """
+    columns = tuple(sorted(values))
+    stmt = _UPDATES.get(columns)
+    if stmt is None:
+        stmt = _UPDATES.setdefault(columns, _owned_update(columns))
+    params = {f"v_{name}": value for name, value in values.items()}
+    params.update(b_event_id=claim.event_id, b_owner=claim.owner)
+    if session.execute(stmt, params).first() is None:
+        raise LeaseLost(f"event {claim.event_id!r} is no longer ours")
+
+
 def checkpoint(
-    session: Session, claim: Claim, point: str, lease_seconds: int, **progress: Any
+    session: Executor, claim: Claim, point: str, lease_seconds: int, **progress: Any
 ) -> None:
-    """Record a recovery point (and what was learnt) and extend the lease."""
-    event = owned(session, claim)
-    event.recovery_point = point
-    event.progress = {**(event.progress or {}), **progress}
-    event.locked_until = now() + timedelta(seconds=lease_seconds)
+    """Record a recovery point (and what was learnt) and extend the lease.
+
+    Raises:
+        LeaseLost: another worker owns the event now, or it is already finished.
+    """
+    _write_owned(
+        session,
+        claim,
+        {
+            "recovery_point": point,
+            "progress": progress,
+            "locked_until": now() + timedelta(seconds=lease_seconds),
+        },
+    )
 
 
-def forget_token(session: Session, claim: Claim) -> None:
+def forget_token(session: Executor, claim: Claim) -> None:
     """Drop the sealed card token once the attach is settled and it can never be needed."""
-    owned(session, claim).sealed_token = None
+    _write_owned(session, claim, {"sealed_token": None})
 
 
 def bury_unrecoverable(event: PaymentEvent, message: str) -> None:
@@ -181,18 +329,53 @@ def bury_unrecoverable(event: PaymentEvent, message: str) -> None:
     _finish(event, EventStatus.DEAD, code="retries_exhausted", message=message)
 
 
-def succeed(session: Session, claim: Claim, result: dict[str, Any]) -> None:
-    """Mark the event succeeded with its result; final."""
-    event = owned(session, claim)
-    _finish(event, EventStatus.SUCCEEDED, result=result)
+def succeed(session: Executor, claim: Claim, result: dict[str, Any]) -> None:
+    """Mark the event succeeded with its result; final.
+
+    Raises:
+        LeaseLost: another worker owns the event now, or it is already finished.
+    """
+    _write_owned(session, claim, _final(EventStatus.SUCCEEDED, result=result))
 
 
 def fail(
-    session: Session, claim: Claim, code: str, message: str, result: dict[str, Any] | None = None
+    session: Executor,
+    claim: Claim,
+    code: str,
+    message: str,
+    result: dict[str, Any] | None = None,
 ) -> None:
-    """Mark the event failed (a permanent business outcome); final."""
-    event = owned(session, claim)
-    _finish(event, EventStatus.FAILED, result=result, code=code, message=message)
+    """Mark the event failed (a permanent business outcome); final.
+
+    Raises:
+        LeaseLost: another worker owns the event now, or it is already finished.
+    """
+    _write_owned(
+        session, claim, _final(EventStatus.FAILED, result=result, code=code, message=message)
+    )
+
+
+def _final(
+    status: EventStatus,
+    *,
+    result: dict[str, Any] | None = None,
+    code: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a final outcome."""
+    values: dict[str, Any] = {
+        "status": status,
+        "result": result,
+        "error_code": code,
+        "error_message": redact(message) if message else None,
+        "completed_at": now(),
+        "locked_by": None,
+        "locked_until": None,
+        "next_attempt_at": None,
+    }
+    if status != EventStatus.DEAD:
+        values["sealed_token"] = None  # a dead event may be replayed and need its token again
+    return values
 
 
 def _finish(
@@ -203,16 +386,9 @@ def _finish(
     code: str | None = None,
     message: str | None = None,
 ) -> None:
-    event.status = status
-    event.result = result
-    event.error_code = code
-    event.error_message = redact(message) if message else None
-    event.completed_at = now()
-    if status != EventStatus.DEAD:
-        event.sealed_token = None  # a dead event may be replayed and need its token again
-    event.locked_by = None
-    event.locked_until = None
-    event.next_attempt_at = None
+    """The same outcome written through a loaded row (re-drives and retries)."""
+    for column, value in _final(status, result=result, code=code, message=message).items():
+        setattr(event, column, value)
 
 
 def retry_later(
@@ -290,7 +466,7 @@ def record_invalid(
     event = _locked(session, event_id)
     assert event is not None
     if event.payload_hash != digest or event.type != message_type:
-        raise _conflict(event, message_type)
+        raise _conflict(event_id, event.type, message_type)
     return False
 
 
