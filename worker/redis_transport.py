@@ -153,6 +153,8 @@ class Channel(redis.Channel):
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
+        # BLMOVE takes one source list: a consumer of several queues (not payworker's
+        # worker, which consumes PAYWORKER_QUEUE only) keeps kombu's BRPOP.
         if len(queues) != 1 or not self._atomic_consume():
             super()._brpop_start(timeout)
             return
