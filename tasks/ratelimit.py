@@ -4,7 +4,9 @@ GCRA (generic cell rate algorithm) with reservations: one Lua script reads the b
 theoretical arrival time (TAT) on the Redis clock, reserves the next slot and says how long
 the caller must sleep before sending. Nobody polls, slots are handed out in arrival order,
 and the caller sleeps outside any lock or transaction. The pace is chosen so that no window
-of one second (plus `ARRIVAL_SLACK`) ever holds more than `rate` requests, bursts included.
+of one second plus `ARRIVAL_SLACK` ever holds more than `rate` slots, bursts included:
+the slack absorbs a late wake-up (bounded: a later one takes a new slot) and the jitter of
+the request's way to Stripe, so that Stripe counts at most `rate` in any second.
 A 429 from Stripe doubles the spacing of every worker for a while (`penalize`).
 
 Without Redis (a RabbitMQ broker and no PAYWORKER_RATE_LIMIT_REDIS_URL) or while Redis is
@@ -30,10 +32,22 @@ from tasks.errors import TransientError
 
 logger = logging.getLogger("payworker")
 
-# A request granted at time t reaches Stripe a little later, and not always in grant order
-# (thread wake-ups, the GIL, the network). Spacing slots for a window of 1 s + this slack
-# keeps the count Stripe sees in any one-second window within the rate.
-ARRIVAL_SLACK = 0.02
+# Stripe counts a request when it arrives, not when we grant its slot. Two delays lie in
+# between, and the pace leaves room for both: slots are spaced so that no window of
+# 1 s + ARRIVAL_SLACK holds more than `rate` of them, hence no one-second window of
+# arrivals does as long as the delays stay within these budgets.
+# - A thread must start its send within WAKE_LATENESS of its slot (measured from before
+#   the slot was asked for, so it is never underestimated); one that wakes later (a
+#   starved CPU, the GIL) gives its slot up and takes a new one.
+# - ARRIVAL_JITTER: what the request may take from that check to Stripe's counter beyond
+#   what its neighbours take (building the request, another GIL wait, the network, the
+#   receiver's own scheduling). We cannot check it, so it is budgeted. On the development
+#   machine the send-to-arrival spread was 2-6 ms at p99 and 40 ms at most when quiet.
+# 40 ms in all is what Stripe's 100/s leaves room for while still granting 95/s. The
+# spacing rounds down to whole slots, so at 25/s the budget is in fact about 75 ms.
+WAKE_LATENESS = 0.010
+ARRIVAL_JITTER = 0.030
+ARRIVAL_SLACK = WAKE_LATENESS + ARRIVAL_JITTER
 # Each 429 doubles the spacing; this caps it (an eighth of the rate).
 MAX_PENALTY_FACTOR = 8
 # Redis must answer a slot request quickly, or we limit locally for that request.
@@ -90,7 +104,7 @@ class Pace:
     @property
     def interval(self) -> float:
         """Seconds between slots. GCRA admits at most 1 + (W + tolerance) / interval
-        requests in a window W; solving for W = 1 s + slack gives this."""
+        requests in a window W; solving for W = 1 s + ARRIVAL_SLACK gives this."""
         return (1 + ARRIVAL_SLACK) / (self.rate - self.burst)
 
     @property
@@ -155,7 +169,7 @@ class _Reserving:
                 self._sleep(wait)
             # A thread that wakes late (a starved CPU, a busy GIL) has missed its slot:
             # sending now could crowd the slots after it, so it takes a new one.
-            if self._clock() - (asked + wait) <= ARRIVAL_SLACK:
+            if self._clock() - (asked + wait) <= WAKE_LATENESS:
                 return self._clock() - started
 
 

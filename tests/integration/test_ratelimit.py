@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.ratelimit import Pace, RedisLimiter
+from tasks.ratelimit import ARRIVAL_JITTER, Pace, RedisLimiter
 from tests.conftest import require
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -76,8 +76,9 @@ def test_two_processes_never_exceed_the_rate_in_any_second(bucket: str) -> None:
     # Given two worker processes sharing one account's bucket at 10 requests/s
     # When both take slots as fast as they can for four seconds
     granted, _ = run_two(bucket, SECONDS)
-    # Then no one-second window holds more than 10 grants, counted across both processes
-    assert max_in_window(granted) <= RATE
+    # Then no one-second window holds more than 10 grants, counted across both processes,
+    # even stretched by the jitter a request may meet on its way to Stripe
+    assert max_in_window(granted, 1.0 + ARRIVAL_JITTER) <= RATE
     # and together they still use (nearly) the whole rate
     span = granted[-1] - granted[0]
     assert (len(granted) - 1) / span == pytest.approx(Pace(RATE).sustained, rel=0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import http.server
+import itertools
 import logging
 import threading
 import time
@@ -17,8 +18,10 @@ import redis
 import stripe
 
 from tasks.ratelimit import (
+    ARRIVAL_JITTER,
     ARRIVAL_SLACK,
     MAX_PENALTY_FACTOR,
+    WAKE_LATENESS,
     LocalLimiter,
     Pace,
     RateLimitedLocally,
@@ -84,6 +87,37 @@ def test_constant_demand_never_puts_more_than_rate_in_any_second(rate: float, bu
     # and, past the first burst, the sustained rate is what Pace promises
     steady = [t for t in granted if 1002 <= t < 1010]
     assert len(steady) / 8 == pytest.approx(Pace(rate, burst).sustained, rel=0.03)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(100, 1), (25, 1), (22.5, 1), (10, 1), (100, 5)])
+def test_late_wakeups_and_arrival_jitter_never_put_more_than_rate_in_any_second(
+    rate: float, burst: int
+) -> None:
+    # Given callers that send on time, except that every two seconds a few in a row wake
+    # as late as allowed and their requests then meet the whole arrival jitter, followed
+    # by punctual ones (the worst case: the late ones crowd into the next second), and
+    # once in a while one oversleeps beyond the allowance
+    clock = FakeClock()
+    every, crowd = int(2 * rate), int(rate * ARRIVAL_SLACK) + 1
+    calls = itertools.count()
+    late = False
+
+    def sleep(seconds: float) -> None:
+        nonlocal late
+        n = next(calls) % every
+        late = n < crowd
+        overslept = 3 * WAKE_LATENESS if n == every - 3 else 0.0
+        clock.sleep(seconds + (WAKE_LATENESS if late else overslept))
+
+    pace = Pace(rate=rate, burst=burst, max_wait=60, penalty_seconds=10)
+    limiter = LocalLimiter(pace, clock=clock, sleep=sleep)
+    arrivals = []
+    # When they send as fast as the limiter lets them for ten seconds
+    while clock.now < 1010:
+        limiter.acquire()
+        arrivals.append(clock.now + (ARRIVAL_JITTER if late else 0.0))
+    # Then Stripe never counts more than `rate` requests in any one-second window
+    assert max_in_window(arrivals, 1.0) <= rate
 
 
 def test_a_quiet_limiter_lets_a_burst_through_at_once() -> None:
