@@ -40,7 +40,7 @@ from bench.services import (
     fresh_database,
     seed_users,
 )
-from bench.stub import max_in_window
+from bench.stub import arrival_lag, max_in_window
 
 RESULTS = ROOT / "bench" / "results"
 # High enough that the limiter never waits, so run 1 measures payworker, not the limit.
@@ -213,8 +213,9 @@ class Bench:
         window = self.stub.stats(
             since=load.started + a.warmup, until=load.started + a.warmup + seconds
         )
-        whole = self.stub.stats(since=load.started, until=time.time())
-        sent = sent_between(self.sends, load.started, time.time())
+        ended = time.time()
+        whole = self.stub.stats(since=load.started, until=ended)
+        sent = sent_between(self.sends, load.started, ended)
         return {
             "workers": workers,
             "stripe_latency_s": a.stripe_latency,
@@ -224,6 +225,8 @@ class Bench:
             "stub_requests_per_s": round(window["requests"] / seconds, 1),
             "max_requests_in_any_second": whole["max_in_any_second"],
             "max_sent_in_any_second": max_in_window(sent),
+            # Send (worker) to arrival (stub): the jitter the limiter's slack must absorb.
+            "arrival_lag": arrival_lag(sent, self.stub.arrivals(load.started, ended)),
             "stub_per_second": window["per_second"],
             "not_succeeded": measured["not_succeeded"],
             "cpu_ms_per_charge": cpu,

@@ -114,6 +114,10 @@ class StubProcess:
         result: dict[str, Any] = self._call("GET", "/_stub/stats" + query)
         return result
 
+    def arrivals(self, since: float, until: float) -> list[float]:
+        times: list[float] = self._call("GET", f"/_stub/arrivals?since={since}&until={until}")
+        return times
+
     def set_latency(self, seconds: float) -> None:
         self._call("POST", f"/_stub/latency?seconds={seconds}")
 

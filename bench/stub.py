@@ -3,6 +3,7 @@ latency, and a log of arrival times to count requests per second.
 
 Run: ``python -m bench.stub --port 12199 --latency 0.3`` (127.0.0.1 only).
 Control: ``GET /_stub/stats?since=T`` (counts of arrivals at or after wall time T),
+``GET /_stub/arrivals?since=T&until=U`` (the arrival times themselves),
 ``POST /_stub/latency?seconds=S``, ``POST /_stub/reset``.
 
 localstripe is far too slow to stand in for Stripe at 100+ requests/s; this answers in
@@ -63,6 +64,11 @@ class Stub:
         times = [t for t in self.arrivals if since <= t < until]
         return web.json_response(summarise(times))
 
+    async def arrivals_between(self, request: web.Request) -> web.Response:
+        since = float(request.query.get("since", "0"))
+        until = float(request.query.get("until", "inf"))
+        return web.json_response([t for t in self.arrivals if since <= t < until])
+
     async def set_latency(self, request: web.Request) -> web.Response:
         self.latency = float(request.query["seconds"])
         return web.json_response({"latency": self.latency})
@@ -77,6 +83,20 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     """The most timestamps in any half-open window [t, t + window)."""
     times = sorted(times)
     return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
+
+
+def arrival_lag(sent: list[float], arrived: list[float]) -> dict[str, float] | None:
+    """How long after its logged send each request was counted by the stub, pairing the
+    k-th send with the k-th arrival (requests overtaking each other blur single pairs, not
+    the spread). None when the counts differ (a request still in flight at either end)."""
+    if not sent or len(sent) != len(arrived):
+        return None
+    lags = sorted(1000 * (a - s) for s, a in zip(sorted(sent), sorted(arrived), strict=True))
+
+    def at(q: float) -> float:
+        return round(lags[min(len(lags) - 1, round(q * (len(lags) - 1)))], 1)
+
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": round(lags[-1], 1)}
 
 
 def summarise(times: list[float]) -> dict[str, Any]:
@@ -104,6 +124,7 @@ def make_app(latency: float) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/charges", stub.charge)
     app.router.add_get("/_stub/stats", stub.stats)
+    app.router.add_get("/_stub/arrivals", stub.arrivals_between)
     app.router.add_post("/_stub/latency", stub.set_latency)
     app.router.add_post("/_stub/reset", stub.reset)
     return app
