@@ -14,13 +14,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, literal_column, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL_STATUSES, EventStatus, PaymentEvent
+from tasks import ledger_sql as sql
 from tasks.errors import IdempotencyConflict, PayworkerError
 from tasks.messages import Message
 from tasks.redact import redact, sanitize
@@ -32,8 +33,7 @@ Executor = Session | Connection
 # why it was refused (a lease that ran out just then, an event replayed from dead).
 _CLAIM_TRIES = 3
 
-_events = cast(Table, PaymentEvent.__table__)
-_TERMINAL = sorted(TERMINAL_STATUSES)
+_events = sql.EVENTS
 
 
 def now() -> datetime:
@@ -116,8 +116,9 @@ def claim(
     }
     for _ in range(_CLAIM_TRIES):
         moment = now()
+        until = moment + timedelta(seconds=lease_seconds)
         row = session.execute(
-            _CLAIM, {**values, "now": moment, "until": moment + timedelta(seconds=lease_seconds)}
+            sql.CLAIM, {**values, "point": STARTED, "now": moment, "until": until}
         ).one_or_none()
         if row is not None:
             return Claim(
@@ -136,59 +137,6 @@ def claim(
         if refused is not None:
             return refused
     return Busy(now())  # the row keeps changing under us: another delivery is at work
-
-
-def _claim_statement() -> Any:
-    """One round trip: insert the event already claimed, or take the lease of the known
-    row when it has the same type and payload, is unfinished and its lease is free (or
-    ours); returns nothing otherwise. ON CONFLICT locks the row while it decides."""
-    stmt = insert(_events).values(
-        event_id=bindparam("event_id"),
-        type=bindparam("type"),
-        user_id=bindparam("user_id"),
-        payload=bindparam("payload", type_=JSONB),
-        payload_hash=bindparam("payload_hash"),
-        status=EventStatus.PROCESSING,
-        attempts=1,
-        recovery_point=STARTED,
-        progress=literal_column("'{}'::jsonb"),
-        queue=bindparam("queue"),
-        sealed_token=bindparam("sealed_token"),
-        locked_by=bindparam("owner"),
-        locked_until=bindparam("until"),
-    )
-    row = _events.c
-    return stmt.on_conflict_do_update(
-        index_elements=[row.event_id],
-        set_={
-            "status": EventStatus.PROCESSING,
-            "attempts": row.attempts + 1,
-            "locked_by": stmt.excluded.locked_by,
-            "locked_until": stmt.excluded.locked_until,
-            "next_attempt_at": None,
-            "updated_at": func.now(),  # ON CONFLICT does not apply the column's onupdate
-        },
-        where=and_(
-            row.payload_hash == stmt.excluded.payload_hash,
-            row.type == stmt.excluded.type,
-            row.status.not_in(_TERMINAL),
-            or_(
-                row.locked_until.is_(None),
-                row.locked_until <= bindparam("now"),
-                row.locked_by == stmt.excluded.locked_by,
-            ),
-        ),
-    ).returning(
-        row.recovery_point,
-        row.progress,
-        row.generation,
-        row.attempts,
-        row.transient_failures,
-        row.created_at,
-    )
-
-
-_CLAIM = _claim_statement()
 
 
 def _why_refused(
@@ -256,44 +204,13 @@ def owned(session: Session, claim: Claim) -> PaymentEvent:
     return event
 
 
-def _owned_update(columns: tuple[str, ...]) -> Any:
-    """An UPDATE of `columns` (bound as `v_<column>`; progress is merged, not replaced)
-    that matches only while the lease named by `b_event_id` and `b_owner` stands."""
-    values: dict[str, Any] = {}
-    for name in columns:
-        column = _events.c[name]
-        value: Any = bindparam(f"v_{name}", type_=column.type)
-        if name == "progress":
-            value = func.coalesce(column, literal_column("'{}'::jsonb")).op(
-                "||", return_type=JSONB
-            )(value)
-        values[name] = value
-    return (
-        update(_events)
-        .where(
-            _events.c.event_id == bindparam("b_event_id"),
-            _events.c.locked_by == bindparam("b_owner"),
-            _events.c.status.not_in(_TERMINAL),
-        )
-        .values(values)
-        .returning(_events.c.event_id)
-    )
-
-
-# Built once per set of columns, so that SQLAlchemy compiles each statement once.
-_UPDATES: dict[tuple[str, ...], Any] = {}
-
-
 def _write_owned(session: Executor, claim: Claim, values: dict[str, Any]) -> None:
     """Update the event while it is ours.
 
     Raises:
         LeaseLost: another worker owns the event now, or it is already finished.
     """
-    columns = tuple(sorted(values))
-    stmt = _UPDATES.get(columns)
-    if stmt is None:
-        stmt = _UPDATES.setdefault(columns, _owned_update(columns))
+    stmt = sql.update_while_owned(tuple(sorted(values)))
     params = {f"v_{name}": value for name, value in values.items()}
     params.update(b_event_id=claim.event_id, b_owner=claim.owner)
     if session.execute(stmt, params).first() is None:
