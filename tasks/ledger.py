@@ -121,16 +121,7 @@ def claim(
             sql.CLAIM, {**values, "point": STARTED, "now": moment, "until": until}
         ).one_or_none()
         if row is not None:
-            return Claim(
-                event_id=message.event_id,
-                owner=owner,
-                recovery_point=row.recovery_point,
-                progress=dict(row.progress or {}),
-                generation=row.generation,
-                attempts=row.attempts,
-                transient_failures=row.transient_failures,
-                created_at=row.created_at,
-            )
+            return _claim_of(row, message.event_id, owner)
         refused = _why_refused(
             session, message.event_id, message_type, values["payload_hash"], owner
         )
@@ -180,15 +171,20 @@ def _take(event: PaymentEvent, owner: str, lease_seconds: int) -> ClaimOutcome:
     event.locked_by = owner
     event.locked_until = moment + timedelta(seconds=lease_seconds)
     event.next_attempt_at = None
+    return _claim_of(event, event.event_id, owner)
+
+
+def _claim_of(row: Any, event_id: str, owner: str) -> Claim:
+    """The claim held on an event, from its row (an ORM object or a RETURNING row)."""
     return Claim(
-        event_id=event.event_id,
+        event_id=event_id,
         owner=owner,
-        recovery_point=event.recovery_point,
-        progress=dict(event.progress or {}),
-        generation=event.generation,
-        attempts=event.attempts,
-        transient_failures=event.transient_failures,
-        created_at=event.created_at,
+        recovery_point=row.recovery_point,
+        progress=dict(row.progress or {}),
+        generation=row.generation,
+        attempts=row.attempts,
+        transient_failures=row.transient_failures,
+        created_at=row.created_at,
     )
 
 
