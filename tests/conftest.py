@@ -319,6 +319,15 @@ def publish(upstream: Celery, worker: WorkerProcess) -> Callable[..., str]:
 
 
 @pytest.fixture
+def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
+    """The fake is shared by the whole session: no fault may outlive its test. Files that
+    inject faults use it on every test (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    stripe_fake.clear_faults()
+    yield
+    stripe_fake.clear_faults()
+
+
+@pytest.fixture
 def ids() -> Callable[[str], str]:
     """Unique ids per test, so tests share one database and one fake without clashing."""
     suffix = uuid.uuid4().hex[:10]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,12 +17,7 @@ VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"
 
 
-@pytest.fixture(autouse=True)
-def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
-    """The fake is shared by the whole session: no fault may outlive its test."""
-    stripe_fake.clear_faults()
-    yield
-    stripe_fake.clear_faults()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 @pytest.fixture

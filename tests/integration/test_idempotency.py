@@ -4,7 +4,7 @@ against a real worker, Postgres, Redis and the Stripe fake over HTTP."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,12 +16,7 @@ CHARGES = "^/v1/charges$"
 CUSTOMERS = "^/v1/customers$"
 
 
-@pytest.fixture(autouse=True)
-def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
-    """The fake is shared by the whole session: no fault may outlive its test."""
-    stripe_fake.clear_faults()
-    yield
-    stripe_fake.clear_faults()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 @pytest.fixture

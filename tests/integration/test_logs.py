@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import WorkerProcess
-from tests.stripe_fake import FakeStripe
 
 API_KEY = "sk_test_LOGSCANMARKER987"
 TOKEN = re.compile(r"tok_[A-Za-z0-9]{6,}")
 
 
-@pytest.fixture(autouse=True)
-def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
-    stripe_fake.clear_faults()
-    yield
-    stripe_fake.clear_faults()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 @pytest.fixture(scope="module")

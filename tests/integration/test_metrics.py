@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, WorkerProcess, worker_env
-from tests.stripe_fake import FakeStripe
 
 
 def free_port() -> int:
@@ -35,11 +34,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
-@pytest.fixture(autouse=True)
-def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
-    stripe_fake.clear_faults()
-    yield
-    stripe_fake.clear_faults()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(

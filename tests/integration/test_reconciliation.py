@@ -4,7 +4,7 @@ adopted, never sent again. The window is a setting, so the test makes it one sec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,11 +15,7 @@ from tests.stripe_fake import FakeStripe
 VISA = "4242424242424242"
 
 
-@pytest.fixture(autouse=True)
-def no_faults(stripe_fake: FakeStripe) -> Iterator[None]:
-    stripe_fake.clear_faults()
-    yield
-    stripe_fake.clear_faults()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 @pytest.fixture(scope="module")
