@@ -51,8 +51,9 @@ bench-quick: install services
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check worker tasks db celeryconfig.py
+	$(BIN)/ruff format --check core db tasks worker celeryconfig.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

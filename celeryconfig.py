@@ -1,9 +1,9 @@
 """Plain Celery settings for payworker. Values that depend on the environment come from
-worker.settings; everything here is a broker-safety default explained where it is set."""
+core.settings; everything here is a broker-safety default explained where it is set."""
 
 from kombu import Exchange, Queue
 
-from worker.settings import get_settings
+from core.settings import get_settings
 
 _settings = get_settings()
 
@@ -18,7 +18,7 @@ result_accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-imports = ("tasks.payments", "tasks.maintenance")
+# The tasks are registered by worker.app (tasks/registry.py), not imported by name here.
 task_default_queue = _settings.queue
 if _settings.is_redis:
     task_queues = (Queue(_settings.queue),)

@@ -17,10 +17,11 @@ from typing import Any, TextIO
 import requests
 from sqlalchemy import text
 
+from core.settings import get_settings
 from db.session import get_engine
-from worker.app import app
-from worker.resources import db_pool_size, observe_stripe
-from worker.settings import get_settings
+from tasks.resources import db_pool_size
+from worker.app import create_app
+from worker.metrics import PrometheusTelemetry
 
 BARE_TASK = "bench.bare_charge"
 BARE_TABLE = """
@@ -50,8 +51,17 @@ def _record_send(method: str, path: str, status: int | None, seconds: float) -> 
         out.flush()
 
 
-if SENDS_DIR:
-    observe_stripe(_record_send)
+class _SendsTelemetry(PrometheusTelemetry):
+    """payworker's own metrics, plus every Stripe request's send time in a file."""
+
+    def stripe_request(
+        self, method: str, endpoint: str, status: int | None, seconds: float
+    ) -> None:
+        super().stripe_request(method, endpoint, status, seconds)
+        _record_send(method, endpoint, status, seconds)
+
+
+app = create_app(_SendsTelemetry() if SENDS_DIR else None)
 
 
 def _session() -> requests.Session:
@@ -71,7 +81,11 @@ def bare_charge(event_id: str, amount: int = 1000, currency: str = "usd") -> Non
     )
     response.raise_for_status()
     charge: dict[str, Any] = response.json()
-    engine = get_engine(settings.database_url, pool_size=db_pool_size(settings), max_overflow=2)
+    engine = get_engine(
+        settings.database_url,
+        pool_size=db_pool_size(settings, app.conf.worker_concurrency or 1),
+        max_overflow=2,
+    )
     with engine.begin() as conn:
         conn.execute(
             text("INSERT INTO bench_bare (event_id, charge_id, done_at) VALUES (:e, :c, :d)"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import stripe
 
-from tasks.errors import (
+from core.errors import (
     CardDeclined,
     ConfigurationFault,
     OutcomeUnknown,
@@ -25,8 +25,8 @@ from tasks.errors import (
     StripeNotFound,
     TransientError,
 )
+from core.redact import redact
 from tasks.ratelimit import Limiter
-from tasks.redact import redact
 from tasks.stripe_http import LimitedRequestsClient, Observer
 
 # Stripe rejects idempotency keys longer than this.

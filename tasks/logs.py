@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from tasks.redact import redact
+from core.redact import redact
 
 _NAME = "payworker"
 

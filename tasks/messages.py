@@ -17,8 +17,8 @@ from pydantic import (
 )
 from pydantic import ValidationError as _ValidationError
 
-from tasks.errors import InvalidMessage
-from tasks.redact import mask_token, redact
+from core.errors import InvalidMessage
+from core.redact import mask_token, redact
 
 Identifier = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
 Email = Annotated[

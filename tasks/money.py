@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.errors import InvalidMessage, PermanentError
+from core.errors import InvalidMessage, PermanentError
 
 # Stripe's hard ceiling: amounts have at most eight digits.
 MAX_AMOUNT = 99_999_999

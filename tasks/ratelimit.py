@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import redis
 
-from tasks.errors import TransientError
+from core.errors import RateLimitedLocally
 
 logger = logging.getLogger("payworker")
 
@@ -80,12 +80,6 @@ redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX',
            math.ceil((tat - now) / 1000) + 1000)
 return {1, wait}
 """
-
-
-class RateLimitedLocally(TransientError):
-    """No Stripe slot within the allowed wait: the event is retried through the ledger."""
-
-    code = "stripe_rate_limited_locally"
 
 
 @dataclass(frozen=True)

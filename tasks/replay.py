@@ -5,10 +5,11 @@
   an effect. Its retry budget starts again.
 - A `failed` event is a business outcome. Only `force` runs it again, as a **new
   generation**: new idempotency keys (`pw:{event_id}:g{N}:{step}`), so Stripe acts again.
+  Where the new generation starts is the workflow's decision (`Workflow.regenerate`).
 - `succeeded` events are never replayed; unfinished ones belong to the sweeper.
 
-Every replay appends what the event had ended with (status, error, result, the charge it
-made) to `progress["replays"]`, so nothing an operator saw before is lost.
+Every replay appends what the event had ended with (status, error, result, and what the
+workflow adds) to `progress["replays"]`, so nothing an operator saw before is lost.
 
 The caller publishes the re-drive (`publish`) inside the transaction that reopened the
 row, as the sweeper does: a worker that receives it before the commit waits on the row
@@ -21,15 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
-from db.models import Card, Charge, ChargeStatus, EventStatus, PaymentEvent
-from tasks.errors import InvalidMessage
-from tasks.ledger import STARTED, now
-from tasks.messages import MESSAGE_TYPES, parse_message
-from tasks.workflows.cards import TOKEN_NEEDED_AT
-from tasks.workflows.charges import Point as ChargePoint
+from core.errors import InvalidMessage
+from db import replays
+from db.ledger import now
+from db.models import EventStatus
+from db.replays import EventRow
+from tasks.messages import parse_message
+from tasks.phases import Regeneration
+from tasks.workflows import WORKFLOWS
 
 Publisher = Callable[[str], None]
 
@@ -63,7 +65,7 @@ ReplayOutcome = Replayed | Refused
 
 
 def replay(
-    session: Session,
+    conn: Connection,
     event_id: str,
     *,
     force: bool,
@@ -75,49 +77,62 @@ def replay(
 
     Events of another queue than `queue` are reopened and left to that queue's sweeper.
     """
-    stmt = select(PaymentEvent).where(PaymentEvent.event_id == event_id).with_for_update()
-    event = session.scalars(stmt).one_or_none()
+    event = replays.locked_event(conn, event_id)
     if event is None:
         return Refused(event_id, "unknown event")
-    charge = None
-    if event.type == "charge_requested":
-        charge = session.get(Charge, event_id, with_for_update=True)
-    reason = _refusal(session, event, charge, force=force)
-    if reason is not None:
-        return Refused(event_id, reason)
-
-    was = event.status
-    new_generation = was == EventStatus.FAILED
+    refusal = _refusal(event, force=force)
+    if refusal is not None:
+        return Refused(event_id, refusal)
     moment = now()
+    new_generation = event.status == EventStatus.FAILED
     record = _outcome(event, moment, new_generation=new_generation)
+    history = [*event.progress.get(REPLAYS, []), record]
     if new_generation:
-        _start_new_generation(event, charge, record, moment)
+        regeneration = WORKFLOWS[event.type].regenerate(conn, event)
+        if isinstance(regeneration, str):
+            return Refused(event_id, regeneration)
+        point, generation = regeneration.point, event.generation + 1
+        record.update(regeneration.record)
+        progress = {**_fresh(regeneration, moment), REPLAYS: history}
     else:
-        event.progress = {**(event.progress or {}), REPLAYS: [*_replays(event), record]}
-    _reopen(event)
-    if event.queue is None:
-        event.queue = queue
-    published = event.queue == queue
+        point, generation = event.recovery_point, event.generation
+        progress = {**event.progress, REPLAYS: history}
+    target = event.queue or queue
+    published = target == queue
     if published:
         publish(event_id)
-        # As the sweeper does: the next re-drive only if this message never arrives.
-        event.next_attempt_at = moment + timedelta(seconds=grace_seconds)
-    else:
-        event.next_attempt_at = moment  # due now for the sweeper of its own queue
+    replays.reopen(
+        conn,
+        event_id,
+        recovery_point=point,
+        progress=progress,
+        generation=generation,
+        queue=target,
+        # As the sweeper does: the next re-drive only if this message never arrives; an
+        # event of another queue is due at once for that queue's sweeper.
+        next_attempt_at=moment + timedelta(seconds=grace_seconds) if published else moment,
+        forget_token=new_generation,
+    )
     return Replayed(
         event_id=event_id,
-        was=was,
-        generation=event.generation,
-        recovery_point=event.recovery_point,
+        was=event.status,
+        generation=generation,
+        recovery_point=point,
         new_generation=new_generation,
         published=published,
-        queue=event.queue,
+        queue=target,
     )
 
 
-def _refusal(
-    session: Session, event: PaymentEvent, charge: Charge | None, *, force: bool
-) -> str | None:
+def _fresh(regeneration: Regeneration, moment: datetime) -> dict[str, Any]:
+    """The new generation's progress; its first write's key is first used now."""
+    progress = regeneration.progress
+    if progress.write_started_at is not None or regeneration.point != "started":
+        progress = progress.model_copy(update={"write_started_at": moment})
+    return progress.model_dump(mode="json", exclude_none=True)
+
+
+def _refusal(event: EventRow, *, force: bool) -> str | None:
     """Why this event must not be replayed; None when it may."""
     status = event.status
     if status == EventStatus.SUCCEEDED:
@@ -127,12 +142,11 @@ def _refusal(
             f"{status}: not finished; the sweeper re-drives it when due"
             " (see `payworker status`, or run `payworker sweep`)"
         )
+    workflow = WORKFLOWS.get(event.type)
+    if workflow is None:
+        return f"unknown event type {event.type!r}"
     if status == EventStatus.DEAD:
-        if (
-            event.type == "card_token_received"
-            and event.recovery_point in TOKEN_NEEDED_AT
-            and event.sealed_token is None
-        ):
+        if event.recovery_point in workflow.token_needed_at and event.sealed_token is None:
             return (
                 f"the card token needed to resume at {event.recovery_point} is gone;"
                 " the app must send a new card_token_received with a fresh token"
@@ -144,42 +158,20 @@ def _refusal(
             f"failed ({event.error_code}): a final business outcome; --force runs it again"
             " as a new generation with NEW idempotency keys (Stripe acts again)"
         )
-    return _force_refusal(session, event, charge)
-
-
-def _force_refusal(session: Session, event: PaymentEvent, charge: Charge | None) -> str | None:
     if event.error_code == "invalid_message":
         return (
             "invalid_message: the message never validated, a replay cannot change that;"
             " publish a corrected message under a new event_id"
         )
-    if event.type == "card_token_received":
-        return (
-            "a failed card_token_received has no card token any more (it is erased once"
-            " an event is final); the app must send a new message with a fresh token"
-        )
-    if event.type not in MESSAGE_TYPES:
-        return f"unknown event type {event.type!r}"
     try:
         parse_message(event.type, dict(event.payload))
     except InvalidMessage as exc:
-        return f"the stored message does not validate: {exc.message}"
-    if charge is None:
-        return None
-    if charge.status != ChargeStatus.FAILED:
-        return f"its charges row is {charge.status}, not failed: look at it before replaying"
-    if "customer_id" not in (event.progress or {}):
-        return "no customer recorded for its charge; publish a new charge_requested"
-    card = session.get(Card, charge.stripe_card_id)
-    if card is None or card.user_id != event.user_id or card.removed_at is not None:
-        return (
-            f"the charged card {charge.stripe_card_id} is no longer an active card of the"
-            " user; publish a new charge_requested under a new event_id"
-        )
+        if not workflow.token_needed_at:
+            return f"the stored message does not validate: {exc.message}"
     return None
 
 
-def _outcome(event: PaymentEvent, moment: datetime, *, new_generation: bool) -> dict[str, Any]:
+def _outcome(event: EventRow, moment: datetime, *, new_generation: bool) -> dict[str, Any]:
     """What the event had ended with, for `progress["replays"]`."""
     return {
         "replayed_at": moment.isoformat(),
@@ -194,57 +186,3 @@ def _outcome(event: PaymentEvent, moment: datetime, *, new_generation: bool) -> 
         "attempts": event.attempts,
         "completed_at": event.completed_at.isoformat() if event.completed_at else None,
     }
-
-
-def _replays(event: PaymentEvent) -> list[dict[str, Any]]:
-    return list((event.progress or {}).get(REPLAYS, []))
-
-
-def _start_new_generation(
-    event: PaymentEvent, charge: Charge | None, record: dict[str, Any], moment: datetime
-) -> None:
-    """Start the next generation of a failed event.
-
-    A charge that reached Stripe keeps its `charges` row (its primary key is the event):
-    the row goes back to `pending` (its old outcome moves to the replay record), and the
-    new generation repeats the charge of the same card and customer from `charge_creating`,
-    under the new key. Everything else starts over from `started` with empty progress."""
-    progress: dict[str, Any] = {}
-    point = STARTED
-    if charge is not None:
-        record["charge"] = {
-            "stripe_charge_id": charge.stripe_charge_id,
-            "status": charge.status,
-            "stripe_card_id": charge.stripe_card_id,
-            "failure_code": charge.failure_code,
-            "decline_code": charge.decline_code,
-            "failure_message": charge.failure_message,
-        }
-        charge.status = ChargeStatus.PENDING
-        charge.stripe_charge_id = None
-        charge.failure_code = None
-        charge.decline_code = None
-        charge.failure_message = None
-        point = ChargePoint.CHARGING
-        progress = {
-            "customer_id": (event.progress or {})["customer_id"],
-            "card_id": charge.stripe_card_id,
-            # The new key is first used now: its 24-hour window starts here.
-            "write_started_at": moment.isoformat(),
-        }
-    event.progress = {**progress, REPLAYS: [*_replays(event), record]}
-    event.recovery_point = point
-    event.generation += 1
-    event.sealed_token = None
-
-
-def _reopen(event: PaymentEvent) -> None:
-    """Back to `processing` with a fresh retry budget; the recovery point stays."""
-    event.status = EventStatus.PROCESSING
-    event.error_code = None
-    event.error_message = None
-    event.result = None
-    event.completed_at = None
-    event.transient_failures = 0
-    event.locked_by = None
-    event.locked_until = None

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tasks.errors import PermanentError
+from core.errors import PermanentError
 
 # Fixed salt and context: the key depends only on the configured secret.
 _SALT = b"payworker/token-seal"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
-from tasks.errors import TransientError
+from core.errors import RunOutOfTime
 from tasks.ratelimit import Limiter
 
 logger = logging.getLogger("payworker")
@@ -32,12 +32,6 @@ _ID_LIKE = re.compile(r"[0-9A-Z]")
 _VERSION = re.compile(r"v[0-9]+")
 
 _run = threading.local()
-
-
-class RunOutOfTime(TransientError):
-    """The task run has no time left for another Stripe request (see set_run_deadline)."""
-
-    code = "run_time_limit"
 
 
 def path_template(url: str) -> str:

@@ -1,26 +1,32 @@
-"""Worker start-up: refuse unsafe or incomplete configuration, and reset per-process state
-after the fork."""
+"""Worker start-up: refuse unsafe or incomplete configuration, learn the execution model,
+and reset per-process state after the fork. `install` connects the hooks for one app."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from typing import Any
 
-from celery import signals
+from celery import Celery, concurrency, signals
 
+from core.errors import UnsafeConfiguration
+from core.redact import register_secret
+from core.settings import get_settings
 from db.session import dispose_all
 from tasks.logs import bind_task, clear_task, configure, install_redaction
-from tasks.redact import register_secret
-from worker import metrics, resources
-from worker.settings import get_settings
+from tasks.resources import ProcessResources
+from tasks.stripe_http import set_run_deadline
 
-# Every Stripe HTTP request of this process is counted and timed.
-resources.observe_stripe(metrics.observe_stripe)
+logger = logging.getLogger("payworker")
 
-
-class UnsafeConfiguration(SystemExit):
-    """The worker would lose or double messages with this configuration. A SystemExit,
-    because Celery logs and swallows ordinary exceptions raised by signal handlers."""
+# Pools that run many tasks in one process; prefork and solo run one per process.
+_SHARED_POOLS = (
+    "celery.concurrency.thread",
+    "celery.concurrency.gevent",
+    "celery.concurrency.eventlet",
+)
 
 
 def check_worker_config(conf: Any) -> list[str]:
@@ -41,34 +47,82 @@ def check_worker_config(conf: Any) -> list[str]:
     return sorted(set(problems))
 
 
-@signals.worker_init.connect
-def _refuse_unsafe_start(sender: Any = None, **_: Any) -> None:
-    install_redaction()
-    key = get_settings().stripe_api_key
-    if key is not None:
-        register_secret(key.get_secret_value())
-    problems = check_worker_config(sender.app.conf)
-    if problems:
-        for problem in problems:
-            logging.getLogger("payworker").critical("refusing to start: %s", problem)
-        raise UnsafeConfiguration("payworker refuses to start: " + "; ".join(problems))
+def install(app: Celery, resources: ProcessResources) -> None:
+    """Connect the start-up and per-task hooks of payworker's worker for `app`."""
+
+    def refuse_unsafe_start(sender: Any = None, **_: Any) -> None:
+        if sender is None or sender.app is not app:
+            return
+        install_redaction()
+        key = get_settings().stripe_api_key
+        if key is not None:
+            register_secret(key.get_secret_value())
+        problems = check_worker_config(app.conf)
+        if problems:
+            for problem in problems:
+                logger.critical("refusing to start: %s", problem)
+            raise UnsafeConfiguration("payworker refuses to start: " + "; ".join(problems))
+        resources.tasks_per_process = _note_execution_model(sender)
+
+    signals.worker_init.connect(refuse_unsafe_start, weak=False)
+    signals.worker_process_init.connect(_after_fork, weak=False)
+    signals.setup_logging.connect(_setup_logging, weak=False)
+    signals.task_prerun.connect(_before_task, weak=False)
+    signals.task_postrun.connect(_after_task, weak=False)
 
 
-@signals.worker_process_init.connect
+def _note_execution_model(worker: Any) -> int:
+    """Tasks one process of this worker runs at once: its concurrency under a thread or
+    gevent pool, 1 under prefork. Warns about set-ups that defeat the limits."""
+    pool_cls = concurrency.get_implementation(worker.pool_cls)
+    if pool_cls.__module__ == "celery.concurrency.gevent" and not _gevent_patched():
+        logger.critical(
+            "the gevent pool needs `-P gevent` on the command line: Celery monkey-patches the"
+            " standard library only then; unpatched, every database and Stripe call blocks"
+            " all tasks of this process"
+        )
+    settings = get_settings()
+    if settings.rate_limit_redis is None:
+        logger.warning(
+            "NO SHARED STRIPE RATE LIMIT: the broker is not Redis and"
+            " PAYWORKER_RATE_LIMIT_REDIS_URL is unset, so each worker process limits itself"
+            " to %.1f requests/s; N processes may send N times that. Set"
+            " PAYWORKER_RATE_LIMIT_REDIS_URL to share one limit.",
+            settings.stripe_rate_limit,
+        )
+    if pool_cls.__module__ not in _SHARED_POOLS:
+        return 1
+    count = worker.concurrency
+    return count if isinstance(count, int) else os.cpu_count() or 1
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
 def _after_fork(**_: Any) -> None:
     dispose_all()  # pooled connections inherited from the parent must not be shared
     install_redaction()
 
 
-@signals.setup_logging.connect
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     # Connecting here replaces Celery's own logging set-up with ours (structured, redacted).
     configure(get_settings().log_format, loglevel or logging.INFO)
 
 
-@signals.task_prerun.connect
-def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+def _before_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     # Fields of the previous task of this thread are dropped here, not after it, so that
     # Celery's own "succeeded in …" line still carries them.
     clear_task()
     bind_task(task_id=task_id, task=getattr(task, "name", None))
+    # The run's deadline, checked before every Stripe request (the thread pool cannot
+    # interrupt a task: see tasks/stripe_http.py).
+    soft = getattr(task, "soft_time_limit", None) or (
+        task.app.conf.task_soft_time_limit if task else None
+    )
+    set_run_deadline(time.monotonic() + soft if soft else None)
+
+
+def _after_task(**_: Any) -> None:
+    set_run_deadline(None)

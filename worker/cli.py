@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from core.settings import get_settings
 from db.models import EventStatus
-from worker.settings import get_settings
 from worker.views import age_text, events_table, status_table
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def publish(
     json_body: Annotated[str, typer.Option("--json", help="the message's keyword arguments")],
 ) -> None:
     """Validate and publish one message."""
-    from tasks.errors import InvalidMessage
+    from core.errors import InvalidMessage
     from worker.app import app
     from worker.publisher import publish as send
 
@@ -251,9 +251,9 @@ def replay(
 
     Succeeded events are refused; failed ones too unless --force. Exit 1 if any is refused.
     """
-    from db.session import get_engine, transaction
+    from core.redact import redact
+    from db.session import get_engine
     from tasks.maintenance import REDRIVE_TASK
-    from tasks.redact import redact
     from tasks.replay import replay as reopen
     from worker.app import app
 
@@ -282,9 +282,9 @@ def replay(
 
         for event_id in unique:
             try:
-                with transaction(engine) as session:
+                with engine.begin() as conn:
                     outcome = reopen(
-                        session,
+                        conn,
                         event_id,
                         force=force,
                         queue=settings.queue,
@@ -393,7 +393,7 @@ def demo(
 def main() -> None:
     from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
-    from tasks.redact import redact
+    from core.redact import redact
 
     try:
         cli()

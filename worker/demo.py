@@ -25,10 +25,10 @@ from rich.table import Table
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from core.settings import get_settings
 from db.migrate import migrate
 from db.session import get_engine
 from tasks.money import format_amount
-from worker.settings import get_settings
 
 STATUSES = ("received", "processing", "succeeded", "failed", "dead")
 FINAL = STATUSES[2:]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.settings import Settings
+from core.settings import Settings
 
 
 class FlowerRefused(RuntimeError):

@@ -61,11 +61,25 @@ BROKER_RESTORED = Counter(
 )
 
 
-def observe_stripe(method: str, endpoint: str, status: int | None, seconds: float) -> None:
-    """Record one Stripe HTTP request (the HTTP client's observer hook)."""
-    outcome = str(status) if status is not None else "error"
-    STRIPE_REQUESTS.labels(method, endpoint, outcome).inc()
-    STRIPE_LATENCY.labels(method, endpoint).observe(seconds)
+class PrometheusTelemetry:
+    """The task layer's metrics sink (tasks/telemetry.py), as Prometheus counters."""
+
+    def event_finished(self, message_type: str, status: str, age_seconds: float) -> None:
+        EVENTS.labels(message_type, status).inc()
+        OUTCOME_SECONDS.labels(message_type, status).observe(age_seconds)
+
+    def retry_scheduled(self, message_type: str, reason: str) -> None:
+        RETRIES.labels(message_type, reason).inc()
+
+    def redriven(self, reason: str, count: int) -> None:
+        REDRIVES.labels(reason).inc(count)
+
+    def stripe_request(
+        self, method: str, endpoint: str, status: int | None, seconds: float
+    ) -> None:
+        outcome = str(status) if status is not None else "error"
+        STRIPE_REQUESTS.labels(method, endpoint, outcome).inc()
+        STRIPE_LATENCY.labels(method, endpoint).observe(seconds)
 
 
 class LedgerCollector(Collector):

@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import Celery
 
+from core.redact import safe_repr
 from tasks.messages import MESSAGE_TYPES, parse_message
-from tasks.redact import safe_repr
 
 
 def publish(app: Celery, message_type: str, kwargs: dict[str, Any], queue: str) -> str:

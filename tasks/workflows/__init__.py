@@ -1,2 +1,22 @@
-"""Plain workflows, one per message type. They know nothing of Celery: each is a chain of
-short transactions and Stripe calls, resuming from the event's recovery point."""
+"""Plain workflows, one per message type. They know nothing of Celery: each is a table of
+phases (tasks/phases.py) that the runner drives from the event's recovery point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.phases import Workflow
+from tasks.workflows.cards import CARD_REMOVED, CARD_TOKEN_RECEIVED, DEFAULT_CARD_CHANGED
+from tasks.workflows.charges import WORKFLOW as CHARGE_REQUESTED
+from tasks.workflows.customers import WORKFLOW as USER_REGISTERED
+
+WORKFLOWS: dict[str, Workflow[Any, Any]] = {
+    workflow.message_type: workflow
+    for workflow in (
+        USER_REGISTERED,
+        CARD_TOKEN_RECEIVED,
+        DEFAULT_CARD_CHANGED,
+        CARD_REMOVED,
+        CHARGE_REQUESTED,
+    )
+}

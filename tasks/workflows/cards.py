@@ -1,213 +1,316 @@
-"""card_token_received, default_card_changed, card_removed: Stripe and Postgres agree."""
+"""card_token_received, default_card_changed, card_removed: Stripe and Postgres agree.
+
+card_token_received:
+
+    started ──(new fingerprint)──> card_attaching ──(Stripe: attach; row)──> card_attached
+       │                                 └──(same card recorded meanwhile)──> card_discarding
+       └──(known card)──> card_attached (if make_default) or succeeded
+    card_discarding ──(Stripe: delete ours)──> card_attached (if make_default) or succeeded
+    card_attached ──(Stripe: default, if first or asked)──> succeeded
+
+default_card_changed: started ──> default_setting ──(Stripe: default)──> succeeded
+card_removed:         started ──> card_removing ──(Stripe: delete)──> succeeded
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 
-from db.models import Card
-from tasks import ledger
-from tasks.context import (
-    Context,
-    active_card_count,
-    card_of,
-    customer_of,
-    lock_user,
-    make_default,
-)
-from tasks.errors import PermanentError, StripeNotFound
+from core.errors import PermanentError, StripeNotFound
+from db import users
+from db.ledger import STARTED, now
+from db.replays import EventRow
 from tasks.gateway import CardDetails
-from tasks.ledger import STARTED, now
 from tasks.messages import CardRemoved, CardTokenReceived, DefaultCardChanged
+from tasks.phases import (
+    Advance,
+    Fail,
+    Phase,
+    Progress,
+    Regeneration,
+    Run,
+    Step,
+    Succeed,
+    Workflow,
+)
 
 
 class Point(enum.StrEnum):
     STARTED = STARTED
     # The attach may have reached Stripe: repeat it with the same key before anything else.
     ATTACHING = "card_attaching"
+    # Our attach lost the race to another event attaching the same card: delete ours.
+    DISCARDING = "card_discarding"
     # The card is attached and recorded; only the default switch (if asked) remains.
     ATTACHED = "card_attached"
     SETTING_DEFAULT = "default_setting"
     REMOVING = "card_removing"
 
 
-# Recovery points at which resuming card_token_received still needs the card token.
-TOKEN_NEEDED_AT = frozenset({Point.STARTED, Point.ATTACHING})
+class CardProgress(Progress):
+    customer_id: str | None = None
+    # The token's card, read before anything was attached.
+    card: CardDetails | None = None
+    card_id: str | None = None
+    # Postgres chose this card as the user's first: it becomes the default on Stripe too.
+    first: bool = False
+    duplicate: bool = False
+    discard_card_id: str | None = None
+    deleted_duplicate_card_id: str | None = None
 
 
-def card_token_received(ctx: Context, msg: CardTokenReceived) -> None:
-    """Attach the token's card unless the user already has it (same fingerprint)."""
-    with ctx.tx() as session:
-        customer_id = customer_of(session, msg.user_id).stripe_customer_id
-    if ctx.point == Point.STARTED:
-        details = ctx.gateway.retrieve_token(msg.token)
-        with ctx.tx() as session:
-            lock_user(session, msg.user_id)
-            known = _active_with_fingerprint(session, msg.user_id, details.fingerprint)
-            if known is None:
-                ctx.begin_write(session, Point.ATTACHING, card=dataclasses.asdict(details))
-        if known is not None:
-            _finish_duplicate(ctx, msg, customer_id, known)
-            return
-    if ctx.point == Point.ATTACHING:
-        attached = None
-        if ctx.key_may_have_expired():
-            attached = ctx.gateway.find_card(customer_id=customer_id, event_id=msg.event_id)
-        if attached is None:
-            attached = ctx.gateway.attach_card(
-                ctx.key("attach"),
-                customer_id=customer_id,
-                token=msg.token,
-                metadata=msg.stripe_metadata(),
-            )
-        if not _record_attached(ctx, msg, attached):
-            _lose_race(ctx, msg, customer_id, attached)
-            return
-    card_id = ctx.progress["card_id"]
-    # Postgres decided which card is the user's first; Stripe follows, because two first
-    # cards attached at once may reach Stripe in the other order.
-    if msg.make_default or ctx.progress.get("first"):
-        _set_default(ctx, msg.user_id, customer_id, card_id)
-    with ctx.tx() as session:
-        card = card_of(session, msg.user_id, card_id, active=False)
-        ctx.succeed(session, _card_result(card, duplicate=False))
+class CustomerProgress(Progress):
+    customer_id: str | None = None
 
 
-def _active_with_fingerprint(session: Any, user_id: str, fingerprint: str) -> str | None:
-    return session.scalar(  # type: ignore[no-any-return]
-        select(Card.stripe_card_id).where(
-            Card.user_id == user_id, Card.fingerprint == fingerprint, Card.removed_at.is_(None)
-        )
-    )
+TokenRun = Run[CardTokenReceived, CardProgress]
 
 
-def _record_attached(ctx: Context, msg: CardTokenReceived, attached: CardDetails) -> bool:
-    """Insert the card row; False when a concurrent attach of the same card won the race."""
-    assert attached.card_id is not None
-    try:
-        with ctx.tx() as session:
-            lock_user(session, msg.user_id)
-            first = active_card_count(session, msg.user_id) == 0
-            session.add(
-                Card(
-                    stripe_card_id=attached.card_id,
-                    user_id=msg.user_id,
-                    fingerprint=attached.fingerprint,
-                    brand=attached.brand,
-                    last4=attached.last4,
-                    exp_month=attached.exp_month,
-                    exp_year=attached.exp_year,
-                    # The user's first active card becomes the default; Stripe is told below.
-                    is_default=first,
-                    event_id=msg.event_id,
-                )
-            )
-            session.flush()
-            ctx.checkpoint(session, Point.ATTACHED, card_id=attached.card_id, first=first)
-            ledger.forget_token(session, ctx.claim)
-    except IntegrityError:
-        return False
-    return True
+def _customer(run: Run[Any, Any], known: str | None) -> str:
+    """The customer recorded in progress, or (an event from before it was) read now."""
+    if known is not None:
+        return known
+    with run.reading() as conn:
+        return users.customer_of(conn, run.message.user_id)
 
 
-def _lose_race(
-    ctx: Context, msg: CardTokenReceived, customer_id: str, attached: CardDetails
-) -> None:
-    """Another event attached the same card first: delete ours from Stripe, adopt theirs."""
-    assert attached.card_id is not None
-    with contextlib.suppress(StripeNotFound):  # deleted by an earlier attempt of this event
-        ctx.gateway.delete_card(customer_id=customer_id, card_id=attached.card_id)
-    with ctx.tx() as session:
-        winner = _active_with_fingerprint(session, msg.user_id, attached.fingerprint)
-    if winner is None:
-        # The winner was removed in between and our copy is deleted: nothing is left to
-        # adopt, and the token is spent, so the upstream app must send a new one.
-        raise PermanentError(
-            "the card was removed while this token was being attached", code="card_not_found"
-        )
-    _finish_duplicate(ctx, msg, customer_id, winner, deleted_card_id=attached.card_id)
-
-
-def _finish_duplicate(
-    ctx: Context,
-    msg: CardTokenReceived,
-    customer_id: str,
-    card_id: str,
-    deleted_card_id: str | None = None,
-) -> None:
-    if msg.make_default:
-        _set_default(ctx, msg.user_id, customer_id, card_id)
-    with ctx.tx() as session:
-        card = card_of(session, msg.user_id, card_id, active=False)
-        result = _card_result(card, duplicate=True)
-        if deleted_card_id:
-            result["deleted_duplicate_card_id"] = deleted_card_id
-        ctx.succeed(session, result)
-
-
-def _card_result(card: Card, *, duplicate: bool) -> dict[str, Any]:
-    return {
+def _card_result(conn: Connection, user_id: str, card_id: str, progress: CardProgress) -> Step:
+    card = users.card_of(conn, user_id, card_id, active=False)
+    result: dict[str, Any] = {
         "card_id": card.stripe_card_id,
-        "duplicate": duplicate,
+        "duplicate": progress.duplicate,
         "fingerprint": card.fingerprint,
         "brand": card.brand,
         "last4": card.last4,
         "is_default": card.is_default,
     }
+    if progress.deleted_duplicate_card_id:
+        result["deleted_duplicate_card_id"] = progress.deleted_duplicate_card_id
+    return Succeed(result)
 
 
-def _set_default(ctx: Context, user_id: str, customer_id: str, card_id: str) -> str | None:
-    """Make the card the default on Stripe first, then in Postgres."""
+def _known_card(run: TokenRun, conn: Connection, progress: CardProgress) -> Step:
+    """The user has this card already: make it the default if asked, else done."""
+    if run.message.make_default:
+        return Advance(Point.ATTACHED, progress)
+    return _card_result(conn, run.message.user_id, str(progress.card_id), progress)
+
+
+# ---- card_token_received -------------------------------------------------------------------
+
+
+def _read_token(run: TokenRun) -> tuple[str, CardDetails]:
+    # The customer first: a token is not read while its user is not registered.
+    customer_id = _customer(run, None)
+    return customer_id, run.gateway.retrieve_token(run.message.token)
+
+
+def _dedupe(run: TokenRun, conn: Connection, read: tuple[str, CardDetails]) -> Step:
+    """Attach the card unless the user already has one with its fingerprint."""
+    customer_id, details = read
+    users.lock_user(conn, run.message.user_id)
+    known = users.active_with_fingerprint(conn, run.message.user_id, details.fingerprint)
+    if known is not None:
+        progress = CardProgress(customer_id=customer_id, card_id=known, duplicate=True)
+        return _known_card(run, conn, progress)
+    progress = CardProgress(customer_id=customer_id, card=details)
+    return Advance(Point.ATTACHING, progress, starts_write=True)
+
+
+def _attach(run: TokenRun) -> CardDetails:
+    msg = run.message
+    customer_id = _customer(run, run.progress.customer_id)
+    attached = None
+    if run.key_may_have_expired():
+        attached = run.gateway.find_card(customer_id=customer_id, event_id=msg.event_id)
+    return attached or run.gateway.attach_card(
+        run.key("attach"), customer_id=customer_id, token=msg.token, metadata=msg.stripe_metadata()
+    )
+
+
+def _record_attached(run: TokenRun, conn: Connection, attached: CardDetails) -> Step:
+    """Record the card; a concurrent attach of the same card that won the race sends ours
+    to be deleted instead."""
+    msg = run.message
+    assert attached.card_id is not None
+    users.lock_user(conn, msg.user_id)
+    # The user's first active card becomes the default; Stripe is told next.
+    first = users.active_card_count(conn, msg.user_id) == 0
+    new = users.NewCard(
+        stripe_card_id=attached.card_id,
+        user_id=msg.user_id,
+        fingerprint=attached.fingerprint,
+        brand=attached.brand,
+        last4=attached.last4,
+        exp_month=attached.exp_month,
+        exp_year=attached.exp_year,
+        is_default=first,
+        event_id=msg.event_id,
+    )
+    progress = run.progress.model_copy(update={"card": attached})
+    if not users.add_card(conn, new):
+        discard = progress.model_copy(update={"discard_card_id": attached.card_id})
+        return Advance(Point.DISCARDING, discard, forget_token=True)
+    done = progress.model_copy(update={"card_id": attached.card_id, "first": first})
+    return Advance(Point.ATTACHED, done, forget_token=True)
+
+
+def _discard(run: TokenRun) -> None:
+    """Another event attached the same card first: delete our copy from Stripe."""
+    customer_id = _customer(run, run.progress.customer_id)
+    with contextlib.suppress(StripeNotFound):  # deleted by an earlier attempt of this event
+        run.gateway.delete_card(customer_id=customer_id, card_id=str(run.progress.discard_card_id))
+
+
+def _adopt_winner(run: TokenRun, conn: Connection, _: None) -> Step:
+    assert run.progress.card is not None
+    winner = users.active_with_fingerprint(conn, run.message.user_id, run.progress.card.fingerprint)
+    if winner is None:
+        # The winner was removed in between and our copy is deleted: nothing is left to
+        # adopt, and the token is spent, so the upstream app must send a new one.
+        error = PermanentError(
+            "the card was removed while this token was being attached", code="card_not_found"
+        )
+        return Fail(error)
+    progress = run.progress.model_copy(
+        update={
+            "card_id": winner,
+            "duplicate": True,
+            "deleted_duplicate_card_id": run.progress.discard_card_id,
+        }
+    )
+    return _known_card(run, conn, progress)
+
+
+def _default_on_stripe(run: Run[Any, Any], customer_id: str, card_id: str) -> None:
+    """Make the card the default on Stripe (Postgres follows in the commit)."""
     try:
-        ctx.gateway.set_default_card(ctx.key("default"), customer_id=customer_id, card_id=card_id)
+        run.gateway.set_default_card(run.key("default"), customer_id=customer_id, card_id=card_id)
     except StripeNotFound:
         raise PermanentError(f"card {card_id!r} is gone on Stripe", code="card_not_found") from None
-    with ctx.tx() as session:
-        lock_user(session, user_id)
-        card_of(session, user_id, card_id)
-        return make_default(session, user_id, card_id)
 
 
-def default_card_changed(ctx: Context, msg: DefaultCardChanged) -> None:
-    """Switch the user's default card, on Stripe and in Postgres."""
-    with ctx.tx() as session:
-        customer_id = customer_of(session, msg.user_id).stripe_customer_id
-        card_of(session, msg.user_id, msg.card_id)
-        ctx.checkpoint(session, Point.SETTING_DEFAULT)
-    previous = _set_default(ctx, msg.user_id, customer_id, msg.card_id)
-    with ctx.tx() as session:
-        ctx.succeed(session, {"card_id": msg.card_id, "previous_default_card_id": previous})
+def _wants_default(run: TokenRun) -> bool:
+    # Postgres decided which card is the user's first; Stripe follows, because two first
+    # cards attached at once may reach Stripe in the other order.
+    return run.message.make_default or run.progress.first
 
 
-def card_removed(ctx: Context, msg: CardRemoved) -> None:
-    """Delete the card on Stripe, then mark it removed and mirror Stripe's new default."""
-    with ctx.tx() as session:
-        customer_id = customer_of(session, msg.user_id).stripe_customer_id
-        card = card_of(session, msg.user_id, msg.card_id, active=False)
-        if card.removed_at is not None and ctx.point != Point.REMOVING:
-            ctx.succeed(session, {"card_id": msg.card_id, "already_removed": True})
-            return
-        ctx.checkpoint(session, Point.REMOVING)
+def _default_attached(run: TokenRun) -> None:
+    if _wants_default(run):
+        customer_id = _customer(run, run.progress.customer_id)
+        _default_on_stripe(run, customer_id, str(run.progress.card_id))
+
+
+def _finish_attached(run: TokenRun, conn: Connection, _: None) -> Step:
+    msg, card_id = run.message, str(run.progress.card_id)
+    if _wants_default(run):
+        users.lock_user(conn, msg.user_id)
+        users.card_of(conn, msg.user_id, card_id)
+        users.make_default(conn, msg.user_id, card_id)
+    return _card_result(conn, msg.user_id, card_id, run.progress)
+
+
+def _no_new_generation(_conn: Connection, _event: EventRow) -> Regeneration | str:
+    return (
+        "a failed card_token_received has no card token any more (it is erased once"
+        " an event is final); the app must send a new message with a fresh token"
+    )
+
+
+CARD_TOKEN_RECEIVED: Workflow[CardTokenReceived, CardProgress] = Workflow(
+    message_type="card_token_received",
+    progress=CardProgress,
+    phases={
+        Point.STARTED: Phase(call=_read_token, commit=_dedupe),
+        Point.ATTACHING: Phase(call=_attach, commit=_record_attached),
+        Point.DISCARDING: Phase(call=_discard, commit=_adopt_winner),
+        Point.ATTACHED: Phase(call=_default_attached, commit=_finish_attached),
+    },
+    # The token is read at `started` and attached at `card_attaching`.
+    token_needed_at=frozenset({Point.STARTED, Point.ATTACHING}),
+    regenerate=_no_new_generation,
+)
+
+
+# ---- default_card_changed ----------------------------------------------------------------
+
+DefaultRun = Run[DefaultCardChanged, CustomerProgress]
+
+
+def _check_card(run: DefaultRun, conn: Connection, _: None) -> Step:
+    customer_id = users.customer_of(conn, run.message.user_id)
+    users.card_of(conn, run.message.user_id, run.message.card_id)
+    return Advance(Point.SETTING_DEFAULT, CustomerProgress(customer_id=customer_id))
+
+
+def _set_default(run: DefaultRun) -> None:
+    customer_id = _customer(run, run.progress.customer_id)
+    _default_on_stripe(run, customer_id, run.message.card_id)
+
+
+def _record_default(run: DefaultRun, conn: Connection, _: None) -> Step:
+    msg = run.message
+    users.lock_user(conn, msg.user_id)
+    users.card_of(conn, msg.user_id, msg.card_id)
+    previous = users.make_default(conn, msg.user_id, msg.card_id)
+    return Succeed({"card_id": msg.card_id, "previous_default_card_id": previous})
+
+
+DEFAULT_CARD_CHANGED: Workflow[DefaultCardChanged, CustomerProgress] = Workflow(
+    message_type="default_card_changed",
+    progress=CustomerProgress,
+    phases={
+        Point.STARTED: Phase(commit=_check_card),
+        Point.SETTING_DEFAULT: Phase(call=_set_default, commit=_record_default),
+    },
+)
+
+
+# ---- card_removed ----------------------------------------------------------------------------
+
+RemovalRun = Run[CardRemoved, CustomerProgress]
+
+
+def _check_removal(run: RemovalRun, conn: Connection, _: None) -> Step:
+    customer_id = users.customer_of(conn, run.message.user_id)
+    card = users.card_of(conn, run.message.user_id, run.message.card_id, active=False)
+    if card.removed_at is not None:
+        return Succeed({"card_id": run.message.card_id, "already_removed": True})
+    return Advance(Point.REMOVING, CustomerProgress(customer_id=customer_id))
+
+
+def _delete(run: RemovalRun) -> str | None:
+    """Delete the card on Stripe; returns Stripe's default card afterwards."""
+    customer_id = _customer(run, run.progress.customer_id)
     with contextlib.suppress(StripeNotFound):  # an earlier attempt of this event deleted it
-        ctx.gateway.delete_card(customer_id=customer_id, card_id=msg.card_id)
-    stripe_default = ctx.gateway.default_card(customer_id)
-    with ctx.tx() as session:
-        lock_user(session, msg.user_id)
-        card = card_of(session, msg.user_id, msg.card_id, active=False)
-        card.is_default = False
-        if card.removed_at is None:
-            card.removed_at = now()
-        session.flush()
-        new_default = None
-        if stripe_default and stripe_default != msg.card_id:
-            make_default(session, msg.user_id, stripe_default)
-            new_default = stripe_default
-        ctx.succeed(
-            session,
-            {"card_id": msg.card_id, "already_removed": False, "default_card_id": new_default},
-        )
+        run.gateway.delete_card(customer_id=customer_id, card_id=run.message.card_id)
+    return run.gateway.default_card(customer_id)
+
+
+def _record_removal(run: RemovalRun, conn: Connection, stripe_default: str | None) -> Step:
+    """Mark the card removed and mirror Stripe's new default."""
+    msg = run.message
+    users.lock_user(conn, msg.user_id)
+    users.card_of(conn, msg.user_id, msg.card_id, active=False)
+    users.mark_removed(conn, msg.card_id, now())
+    new_default = None
+    if stripe_default and stripe_default != msg.card_id:
+        users.make_default(conn, msg.user_id, stripe_default)
+        new_default = stripe_default
+    result = {"card_id": msg.card_id, "already_removed": False, "default_card_id": new_default}
+    return Succeed(result)
+
+
+CARD_REMOVED: Workflow[CardRemoved, CustomerProgress] = Workflow(
+    message_type="card_removed",
+    progress=CustomerProgress,
+    phases={
+        Point.STARTED: Phase(commit=_check_removal),
+        Point.REMOVING: Phase(call=_delete, commit=_record_removal),
+    },
+)

@@ -1,17 +1,21 @@
-"""user_registered: one Stripe customer per user, ever."""
+"""user_registered: one Stripe customer per user, ever.
+
+started ──(no customer yet)──> customer_creating ──(Stripe: create)──> succeeded
+"""
 
 from __future__ import annotations
 
 import enum
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
-from db.models import Customer, EventStatus, PaymentEvent
-from tasks.context import Context, lock_user
-from tasks.errors import PrerequisiteMissing
-from tasks.ledger import STARTED
+from core.errors import PrerequisiteMissing
+from db import users
+from db.ledger import STARTED
+from db.ledger_sql import EVENTS
+from db.models import EventStatus
 from tasks.messages import UserRegistered
+from tasks.phases import Advance, Phase, Progress, Run, Step, Succeed, Workflow
 
 
 class Point(enum.StrEnum):
@@ -20,54 +24,69 @@ class Point(enum.StrEnum):
     CREATING = "customer_creating"
 
 
-def user_registered(ctx: Context, msg: UserRegistered) -> None:
-    """Create the user's Stripe customer, or adopt the one that exists."""
-    if ctx.point != Point.CREATING:
-        with ctx.tx() as session:
-            lock_user(session, msg.user_id)
-            existing = session.get(Customer, msg.user_id)
-            if existing is not None:
-                ctx.succeed(session, {"customer_id": existing.stripe_customer_id, "existing": True})
-                return
-            _wait_for_other_creation(session, msg)
-            ctx.begin_write(session, Point.CREATING)
-
-    customer_id = None
-    if ctx.key_may_have_expired():
-        customer_id = ctx.gateway.find_customer(email=msg.email, event_id=msg.event_id)
-    if customer_id is None:
-        customer_id = ctx.gateway.create_customer(
-            ctx.key("customer"),
-            email=msg.email,
-            name=msg.name,
-            metadata=msg.stripe_metadata(msg.metadata),
-        )
-    with ctx.tx() as session:
-        session.add(
-            Customer(
-                user_id=msg.user_id,
-                stripe_customer_id=customer_id,
-                email=msg.email,
-                name=msg.name,
-                event_id=msg.event_id,
-            )
-        )
-        ctx.succeed(session, {"customer_id": customer_id, "existing": False})
+CustomerRun = Run[UserRegistered, Progress]
 
 
-def _wait_for_other_creation(session: Session, msg: UserRegistered) -> None:
+def _decide(run: CustomerRun, conn: Connection, _: None) -> Step:
+    """Adopt the user's customer if it exists, else go and create it."""
+    msg = run.message
+    users.lock_user(conn, msg.user_id)
+    existing = users.customer_id(conn, msg.user_id)
+    if existing is not None:
+        return Succeed({"customer_id": existing, "existing": True})
+    _wait_for_other_creation(conn, msg)
+    return Advance(Point.CREATING, run.progress, starts_write=True)
+
+
+def _wait_for_other_creation(conn: Connection, msg: UserRegistered) -> None:
     """A second user_registered of a user whose customer is being created waits for it,
     so two events can never create two customers."""
-    other = session.scalar(
-        select(PaymentEvent.event_id).where(
-            PaymentEvent.type == "user_registered",
-            PaymentEvent.user_id == msg.user_id,
-            PaymentEvent.event_id != msg.event_id,
-            PaymentEvent.recovery_point == Point.CREATING,
-            PaymentEvent.status.in_([EventStatus.RECEIVED, EventStatus.PROCESSING]),
+    other = conn.execute(
+        select(EVENTS.c.event_id).where(
+            EVENTS.c.type == "user_registered",
+            EVENTS.c.user_id == msg.user_id,
+            EVENTS.c.event_id != msg.event_id,
+            EVENTS.c.recovery_point == Point.CREATING,
+            EVENTS.c.status.in_([EventStatus.RECEIVED, EventStatus.PROCESSING]),
         )
-    )
+    ).scalar()
     if other is not None:
         raise PrerequisiteMissing(
             f"event {other!r} is creating this user's customer", code="customer_not_found"
         )
+
+
+def _create(run: CustomerRun) -> str:
+    msg = run.message
+    found = None
+    if run.key_may_have_expired():
+        found = run.gateway.find_customer(email=msg.email, event_id=msg.event_id)
+    return found or run.gateway.create_customer(
+        run.key("customer"),
+        email=msg.email,
+        name=msg.name,
+        metadata=msg.stripe_metadata(msg.metadata),
+    )
+
+
+def _record(run: CustomerRun, conn: Connection, customer_id: str) -> Step:
+    msg = run.message
+    users.add_customer(
+        conn,
+        user_id=msg.user_id,
+        stripe_customer_id=customer_id,
+        email=msg.email,
+        name=msg.name,
+        event_id=msg.event_id,
+    )
+    return Succeed({"customer_id": customer_id, "existing": False})
+
+
+WORKFLOW: Workflow[UserRegistered, Progress] = Workflow(
+    message_type="user_registered",
+    progress=Progress,
+    phases={
+        Point.STARTED: Phase(commit=_decide),
+        Point.CREATING: Phase(call=_create, commit=_record),
+    },
+)

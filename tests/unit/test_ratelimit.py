@@ -17,6 +17,7 @@ import pytest
 import redis
 import stripe
 
+from core.errors import RateLimitedLocally, RunOutOfTime
 from tasks.ratelimit import (
     ARRIVAL_JITTER,
     ARRIVAL_SLACK,
@@ -24,13 +25,11 @@ from tasks.ratelimit import (
     WAKE_LATENESS,
     LocalLimiter,
     Pace,
-    RateLimitedLocally,
     RedisLimiter,
     bucket_for,
 )
 from tasks.stripe_http import (
     LimitedRequestsClient,
-    RunOutOfTime,
     path_template,
     set_run_deadline,
 )

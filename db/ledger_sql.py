@@ -1,6 +1,6 @@
 """The ledger's statements on the hot path, built once so that SQLAlchemy compiles each of
 them once: the one-statement claim, and the UPDATE that writes only while a run's lease
-stands. tasks/ledger.py decides what they mean."""
+stands. db/ledger.py says what they mean."""
 
 from __future__ import annotations
 
@@ -66,6 +66,57 @@ def _claim() -> Any:
 
 
 CLAIM = _claim()
+
+
+def _reclaim() -> Any:
+    """A re-drive's claim: take the lease of an unfinished event whose lease is free (or
+    ours), and return the stored message with the claim."""
+    row = EVENTS.c
+    return (
+        update(EVENTS)
+        .where(
+            row.event_id == bindparam("b_event_id"),
+            row.status.not_in(TERMINAL),
+            or_(
+                row.locked_until.is_(None),
+                row.locked_until <= bindparam("now"),
+                row.locked_by == bindparam("owner"),
+            ),
+        )
+        .values(
+            status=EventStatus.PROCESSING,
+            attempts=row.attempts + 1,
+            locked_by=bindparam("owner"),
+            locked_until=bindparam("until"),
+            next_attempt_at=None,
+        )
+        .returning(
+            row.recovery_point,
+            row.progress,
+            row.generation,
+            row.attempts,
+            row.transient_failures,
+            row.created_at,
+            row.type,
+            row.user_id,
+            row.payload,
+            row.sealed_token,
+        )
+    )
+
+
+RECLAIM = _reclaim()
+# One more transient failure of a run that still holds its lease.
+COUNT_FAILURE = (
+    update(EVENTS)
+    .where(
+        EVENTS.c.event_id == bindparam("b_event_id"),
+        EVENTS.c.locked_by == bindparam("b_owner"),
+        EVENTS.c.status.not_in(TERMINAL),
+    )
+    .values(transient_failures=EVENTS.c.transient_failures + 1)
+    .returning(EVENTS.c.transient_failures)
+)
 
 
 def _owned_update(columns: tuple[str, ...]) -> Any:
