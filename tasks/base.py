@@ -178,6 +178,12 @@ class PaymentTask(LedgerTask):
         return self.hand_back(log, reason=type(exc).__name__)
 
 
+def deliver(self: PaymentTask, /, *args: Any, **kwargs: Any) -> Outcome:
+    """The body of every payment task. `self` is positional-only so a message with a kwarg
+    named "self" is rejected as invalid instead of crashing the call."""
+    return self.handle(args, kwargs)
+
+
 def _claim(res: Resources, message_type: str, message: Message, owner: str) -> ledger.ClaimOutcome:
     """Claim the event in a transaction of its own. The claim is one idempotent statement:
     when it fails because its pooled connection turned out dead (Postgres restarted, or

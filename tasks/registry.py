@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tasks.base import PaymentTask
+from tasks.base import PaymentTask, deliver
 from tasks.maintenance import REDRIVE_TASK, SWEEP_TASK, RedriveTask, SweepTask
 from tasks.phases import Workflow
 from tasks.resources import ProcessResources
@@ -39,17 +39,11 @@ def register_tasks(app: Celery, resources: ProcessResources) -> dict[str, Task]:
 
 
 def _payment_task(app: Celery, resources: ProcessResources, workflow: Workflow[Any, Any]) -> Task:
-    # `self` is positional-only so a message with a kwarg named "self" is rejected as
-    # invalid instead of crashing the call.
-    def run(self: PaymentTask, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.handle(args, kwargs)
-
-    run.__name__ = workflow.message_type
     task: Task = app.task(
         name=f"payments.{workflow.message_type}",
         bind=True,
         base=PaymentTask,
         workflow=workflow,
         resources=resources,
-    )(run)
+    )(deliver)
     return task

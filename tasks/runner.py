@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import (
     Disposition,
     InternalError,
+    LeaseLost,
     PayworkerError,
     PermanentError,
     PrerequisiteMissing,
@@ -132,7 +133,7 @@ def settle(
     settler = _SETTLERS[error.disposition]
     try:
         return settler(res, workflow, run, error, log)
-    except PayworkerError as lost:  # LeaseLost while writing the outcome
+    except LeaseLost as lost:  # while writing the outcome
         log.warning("lease lost; the new owner finishes the event", error=lost.message)
         return {"event_id": run.claim.event_id, "status": "lease_lost"}
     except SQLAlchemyError:
