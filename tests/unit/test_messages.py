@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import InvalidMessage
+from core.errors import InvalidMessage
 from tasks.messages import (
     MESSAGE_TYPES,
     CardRemoved,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import InvalidMessage, PermanentError
+from core.errors import InvalidMessage, PermanentError
 from tasks.messages import parse_message
 from tasks.money import (
     MAX_AMOUNT,

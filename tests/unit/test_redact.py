@@ -1,4 +1,4 @@
-"""Masking of card tokens and API keys (tasks.redact), the bounds on stored garbage, and the
+"""Masking of card tokens and API keys (core.redact), the bounds on stored garbage, and the
 log filter. Pure: no services."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.logs import RedactingFilter
-from tasks.redact import MAX_DEPTH, MAX_ITEMS, MAX_STRING, mask_token, redact, safe_repr, sanitize
+from core.redact import MAX_DEPTH, MAX_ITEMS, MAX_STRING, mask_token, redact, safe_repr, sanitize
 
 TOKEN = "tok_1Nv0SECRETabcd9876"
 KEYS = ["sk_test_SECRETKEYMARKER123", "sk_live_51Habcdef0123", "rk_live_restricted987"]
