@@ -11,7 +11,7 @@ import enum
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 # An error message kept in the ledger or a log line is cut to this many characters.
 MAX_ERROR_TEXT = 2000
@@ -203,6 +203,10 @@ def translate(exc: BaseException) -> PayworkerError:
     if isinstance(exc, DataError):
         # Postgres refuses the values themselves: retrying cannot help.
         return InvalidMessage(f"the message holds values Postgres cannot store: {exc.orig}")
+    if isinstance(exc, IntegrityError):
+        # A constraint refused a write the code believed safe: a broken invariant, not an
+        # outage. Retried within the budget (a race may have passed), then dead for a human.
+        return InternalError(f"internal_error: {type(exc).__name__}: {exc.orig}")
     if isinstance(exc, DBAPIError):
         return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, SoftTimeLimitExceeded):

@@ -20,10 +20,10 @@ from db.users import CARDS, CUSTOMERS
 CHARGES = cast(Table, Charge.__table__)
 
 _SOURCE = (
-    CUSTOMERS.c.stripe_customer_id,
-    CARDS.c.stripe_card_id,
-    CARDS.c.user_id,
-    CARDS.c.removed_at,
+    CUSTOMERS.c.stripe_customer_id.label("customer_id"),
+    CARDS.c.stripe_card_id.label("card_id"),
+    CARDS.c.user_id.label("card_user_id"),
+    CARDS.c.removed_at.label("card_removed_at"),
 )
 # The user's customer and the named card (whoever's it is: the caller checks), in one query.
 _NAMED_CARD = (
@@ -100,7 +100,7 @@ def source(conn: Connection, user_id: str, card_id: str | None) -> Source | None
     else:
         query, params = _DEFAULT_CARD, {"user_id": user_id}
     row = conn.execute(query, params).one_or_none()
-    return Source(*row._tuple()) if row is not None else None
+    return Source(**row._mapping) if row is not None else None
 
 
 def add_pending(
@@ -142,7 +142,7 @@ def locked(conn: Connection, event_id: str) -> ChargeRow | None:
         .where(CHARGES.c.event_id == event_id)
         .with_for_update()
     ).first()  # fmt: skip
-    return ChargeRow(*row._tuple()) if row is not None else None
+    return ChargeRow(**row._mapping) if row is not None else None
 
 
 def reset_to_pending(conn: Connection, event_id: str) -> None:

@@ -148,9 +148,26 @@ def reclaim(
     conn: Connection, event_id: str, owner: str, lease_seconds: int
 ) -> tuple[ClaimOutcome, StoredEvent | None] | None:
     """Take the lease of a known event for a re-drive; None if the event is unknown. The
-    stored message comes with a successful claim only."""
-    moment = now()
+    stored message comes with a successful claim only.
+
+    The row is locked before it is judged: a re-drive published inside the transaction
+    that reopened the event (a replay, a sweep) waits here for that commit, and then sees
+    the event reopened. (An UPDATE whose WHERE did not match the row as it was before
+    that commit would not wait, and would find nothing to take.)"""
+    e = _events.c
     row = conn.execute(
+        select(e.status, e.locked_by, e.locked_until)
+        .where(e.event_id == event_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None
+    moment = now()
+    if row.status in TERMINAL_STATUSES:
+        return AlreadyFinished(row.status), None
+    if row.locked_until is not None and row.locked_until > moment and row.locked_by != owner:
+        return Busy(row.locked_until), None
+    taken = conn.execute(
         sql.RECLAIM,
         {
             "b_event_id": event_id,
@@ -158,14 +175,9 @@ def reclaim(
             "now": moment,
             "until": moment + timedelta(seconds=lease_seconds),
         },
-    ).one_or_none()
-    if row is not None:
-        stored = StoredEvent(row.type, row.user_id, dict(row.payload), row.sealed_token)
-        return _claim_of(row, event_id, owner), stored
-    exists = conn.execute(select(_events.c.event_id).where(_events.c.event_id == event_id))
-    if exists.first() is None:
-        return None
-    return _why_refused(conn, event_id, None, None, owner) or Busy(moment), None
+    ).one()
+    stored = StoredEvent(taken.type, taken.user_id, dict(taken.payload), taken.sealed_token)
+    return _claim_of(taken, event_id, owner), stored
 
 
 def _claim_of(row: Any, event_id: str, owner: str) -> Claim:

@@ -35,6 +35,9 @@ def get_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engine
                     pool_size=pool_size,
                     max_overflow=max_overflow,
                     pool_recycle=1800,
+                    # Statement parameters (emails, names, tokens' masks) never go into an
+                    # exception's text, hence never into `last_error` or a log line.
+                    hide_parameters=True,
                 )
                 event.listen(engine, "checkout", _drop_hung_up)
                 _engines[key] = engine

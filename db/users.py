@@ -100,7 +100,7 @@ def add_customer(
 
 def card(conn: Connection, card_id: str) -> CardRow | None:
     row = conn.execute(select(*_CARD_COLUMNS).where(CARDS.c.stripe_card_id == card_id)).first()
-    return CardRow(*row._tuple()) if row is not None else None
+    return CardRow(**row._mapping) if row is not None else None
 
 
 def card_of(conn: Connection, user_id: str, card_id: str, *, active: bool = True) -> CardRow:

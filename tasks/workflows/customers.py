@@ -40,37 +40,57 @@ def _decide(run: CustomerRun, conn: Connection, _: None) -> Step:
 
 def _wait_for_other_creation(conn: Connection, msg: UserRegistered) -> None:
     """A second user_registered of a user whose customer is being created waits for it,
-    so two events can never create two customers."""
+    so two events can never create two customers. A creator that died at that point
+    (`dead`) blocks too: its create may have reached Stripe, and only its replay (same
+    key) can tell."""
     other = conn.execute(
-        select(EVENTS.c.event_id).where(
+        select(EVENTS.c.event_id, EVENTS.c.status).where(
             EVENTS.c.type == "user_registered",
             EVENTS.c.user_id == msg.user_id,
             EVENTS.c.event_id != msg.event_id,
             EVENTS.c.recovery_point == Point.CREATING,
-            EVENTS.c.status.in_([EventStatus.RECEIVED, EventStatus.PROCESSING]),
+            EVENTS.c.status.in_([EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.DEAD]),
         )
-    ).scalar()
-    if other is not None:
+    ).first()
+    if other is None:
+        return
+    if other.status == EventStatus.DEAD:
         raise PrerequisiteMissing(
-            f"event {other!r} is creating this user's customer", code="customer_not_found"
+            f"event {other.event_id!r} died creating this user's customer; replay it"
+            " (`payworker replay`) before registering the user again",
+            code="customer_not_found",
         )
+    raise PrerequisiteMissing(
+        f"event {other.event_id!r} is creating this user's customer", code="customer_not_found"
+    )
 
 
-def _create(run: CustomerRun) -> str:
+def _create(run: CustomerRun) -> tuple[str, bool]:
+    """The customer, and whether it existed already: one recorded for the user while this
+    event waited (it is adopted, never doubled), or created now (or found, after Stripe
+    forgot our key) under this event's key."""
     msg = run.message
+    with run.reading() as conn:
+        existing = users.customer_id(conn, msg.user_id)
+    if existing is not None:
+        return existing, True
     found = None
     if run.key_may_have_expired():
         found = run.gateway.find_customer(email=msg.email, event_id=msg.event_id)
-    return found or run.gateway.create_customer(
+    created = found or run.gateway.create_customer(
         run.key("customer"),
         email=msg.email,
         name=msg.name,
         metadata=msg.stripe_metadata(msg.metadata),
     )
+    return created, False
 
 
-def _record(run: CustomerRun, conn: Connection, customer_id: str) -> Step:
+def _record(run: CustomerRun, conn: Connection, outcome: tuple[str, bool]) -> Step:
     msg = run.message
+    customer_id, existed = outcome
+    if existed:
+        return Succeed({"customer_id": customer_id, "existing": True})
     users.add_customer(
         conn,
         user_id=msg.user_id,
