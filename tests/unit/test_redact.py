@@ -10,8 +10,8 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.logs import RedactingFilter
 from core.redact import MAX_DEPTH, MAX_ITEMS, MAX_STRING, mask_token, redact, safe_repr, sanitize
+from tasks.logs import RedactingFilter
 
 TOKEN = "tok_1Nv0SECRETabcd9876"
 KEYS = ["sk_test_SECRETKEYMARKER123", "sk_live_51Habcdef0123", "rk_live_restricted987"]
