@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Only what the package needs: the tests and the Stripe fake (GPL localstripe) stay out.
+# Only what the package needs: the tests and the Stripe fake (stripe_fake/, the `fake`
+# extra with GPL localstripe) stay out.
 COPY pyproject.toml README.md LICENSE celeryconfig.py ./
 COPY worker ./worker
 COPY tasks ./tasks

@@ -28,7 +28,7 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import Engine, create_engine, text
 
 from db.migrate import migrate
-from tests.stripe_fake import FakeStripe
+from stripe_fake import FakeStripe
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")

@@ -3,7 +3,6 @@ local Stripe fake (or a Stripe test key); the outcome is then read back from Pos
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -29,6 +28,9 @@ from core.settings import get_settings
 from db.migrate import migrate
 from db.session import get_engine
 from tasks.money import format_amount
+
+if TYPE_CHECKING:
+    from stripe_fake import FakeStripe
 
 STATUSES = ("received", "processing", "succeeded", "failed", "dead")
 FINAL = STATUSES[2:]
@@ -114,31 +116,23 @@ def plan(n: int) -> list[Phase]:
     ]  # fmt: skip
 
 
-class Fake(Protocol):
-    """What the demo uses of tests.stripe_fake.FakeStripe."""
-
-    url: str
-
-    def stop(self) -> None: ...
-    def create_card_token(self, number: str) -> str: ...
-    def list_charges(self, customer_id: str) -> list[dict[str, Any]]: ...
-
-
-def _start_fake(console: Console) -> Fake | None:
-    # The fake lives under tests/ and wraps GPL localstripe: a source checkout with the dev
-    # extra has it; an installed wheel does not.
-    root = Path(__file__).resolve().parent.parent
-    if (root / "tests" / "stripe_fake").is_dir() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+def _start_fake(console: Console) -> FakeStripe | None:
     try:
-        fake: Fake = importlib.import_module("tests.stripe_fake").FakeStripe.start()
-    except (ImportError, RuntimeError, OSError) as exc:  # not importable, or did not start
-        console.print(
-            f"[red]STRIPE_API_KEY is unset and the local Stripe fake is unavailable ({exc}).[/]"
-            "\nRun the demo from a source checkout (`make demo`), or set a Stripe test key."
-        )
-        return None
-    return fake
+        from stripe_fake import FakeStripe, FakeStripeUnavailable
+    except ImportError:  # an install without the package (the Docker image leaves it out)
+        reason = "the stripe_fake package is not installed: install payworker[fake]"
+    else:
+        try:
+            return FakeStripe.start()
+        except FakeStripeUnavailable as exc:  # the `fake` extra is missing
+            reason = str(exc)
+        except (RuntimeError, OSError) as exc:  # it did not start
+            reason = f"it did not start: {exc}"
+    console.print(
+        f"[red]STRIPE_API_KEY is unset and the local Stripe fake is unavailable ({reason}).[/]"
+        "\nInstall payworker[fake] (`make demo` does), or set a Stripe test key."
+    )
+    return None
 
 
 def _rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -271,7 +265,9 @@ def _print_tables(b: Batch, console: Console) -> list[dict[str, Any]]:
     return cards
 
 
-def _checks(b: Batch, cards: list[dict[str, Any]], fake: Fake | None) -> list[tuple[str, bool]]:
+def _checks(
+    b: Batch, cards: list[dict[str, Any]], fake: FakeStripe | None
+) -> list[tuple[str, bool]]:
     """What the batch must show: every expected outcome, and the Stripe side agreeing."""
     events = b.events()
     wrong = []

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from stripe_fake import FakeStripe
 from tests.conftest import (
     WorkerProcess,
     broker_url_for,
@@ -25,7 +26,6 @@ from tests.conftest import (
     upstream_app,
     worker_env,
 )
-from tests.stripe_fake import FakeStripe
 
 # The short lease the issue asks for: an event held by a killed worker is re-driven by
 # the sweeper about LEASE + SWEEP seconds after its last checkpoint.

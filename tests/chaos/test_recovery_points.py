@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from stripe_fake import FakeStripe
 from tests.chaos._support import (
     VISA,
     ChaosWorker,
@@ -53,7 +54,6 @@ from tests.chaos._support import (
     unacked_event_ids,
     wait_final,
 )
-from tests.stripe_fake import FakeStripe
 
 pytestmark = pytest.mark.chaos
 

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from stripe_fake import FakeStripe
 from tests.chaos._support import (
     PG_ADMIN_URL,
     TERMINAL,
@@ -55,7 +56,6 @@ from tests.chaos._support import (
     unacked_event_ids,
     unfinished,
 )
-from tests.stripe_fake import FakeStripe
 
 pytestmark = pytest.mark.chaos
 

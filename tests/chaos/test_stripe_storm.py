@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from stripe_fake import FakeStripe
 from tests.chaos._support import (
     Batch,
     Publisher,
@@ -48,7 +49,6 @@ from tests.chaos._support import (
     unfinished,
     wait_final,
 )
-from tests.stripe_fake import FakeStripe
 
 pytestmark = pytest.mark.chaos
 

@@ -32,6 +32,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, text
 
+from stripe_fake import FakeStripe
 from tests.chaos.conftest import (
     LEASE_SECONDS,
     SWEEP_SECONDS,
@@ -40,7 +41,6 @@ from tests.chaos.conftest import (
     publish_to,
 )
 from tests.conftest import ROOT, broker_url_for, drop_queue, event_rows, worker_env
-from tests.stripe_fake import FakeStripe
 
 CHARGES = "^/v1/charges$"
 # How long the fake holds back the answer of a charge it has already created.

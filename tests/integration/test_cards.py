@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.stripe_fake import FakeStripe
+from stripe_fake import FakeStripe
 
 VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"

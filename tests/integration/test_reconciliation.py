@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from stripe_fake import FakeStripe
 from tests.conftest import WorkerProcess
-from tests.stripe_fake import FakeStripe
 
 VISA = "4242424242424242"
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Message, Producer
 
+from stripe_fake import FakeStripe
 from tests.conftest import (
     WorkerProcess,
     broker_url_for,
@@ -22,7 +23,6 @@ from tests.conftest import (
     upstream_app,
     worker_env,
 )
-from tests.stripe_fake import FakeStripe
 from worker.redis_transport import SEEN_KEY, claimed_key
 
 TRANSPORT = "worker.redis_transport:Transport"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.stripe_fake import FakeStripe
+from stripe_fake import FakeStripe
 
 CHARGES = "^/v1/charges$"
 VISA = "4242424242424242"

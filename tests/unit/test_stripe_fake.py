@@ -1,10 +1,12 @@
-"""Tests for the Stripe fake (tests/stripe_fake): our additions and the
+"""Tests for the Stripe fake (stripe_fake/): our additions and the
 localstripe behaviours the worker's tests rely on."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -16,7 +18,8 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.stripe_fake import FakeStripe
+from stripe_fake import FakeStripe, FakeStripeUnavailable, control
+from stripe_fake.__main__ import main
 
 PICKLE = '/tmp/localstripe.pickle'
 
@@ -101,7 +104,7 @@ def test_sdk_flow_and_localstripe_behaviour(
     assert [c.id for c in listed.data] == [charge.id]
     assert fake.list_charges(cus.id)[0]['metadata'] == {'job': 'j1'}
 
-    # Quirks documented in tests/stripe_fake/__init__.py.
+    # Quirks documented in stripe_fake/__init__.py.
     assert fake.list_cards(cus.id)[1]['brand'] == 'Visa'  # it is a MC
     tiny = client.v1.charges.create({'customer': cus.id, 'amount': 1,
                                      'currency': 'zzz'})
@@ -278,7 +281,7 @@ def test_reset_wipes_everything(fake: FakeStripe) -> None:
 
 
 def test_bad_fault_spec_is_rejected(fake: FakeStripe) -> None:
-    from tests.stripe_fake.control import FakeStripeError
+    from stripe_fake.control import FakeStripeError
     with pytest.raises(FakeStripeError) as err:
         fake.inject(path='(', status=500)
     assert err.value.status == 400
@@ -307,3 +310,24 @@ def test_no_pickle_written(fake: FakeStripe,
     post(fake, '/v1/customers', {}, key='p')
     fake.reset()
     assert _pickle_state() == PICKLE_BEFORE
+
+
+def test_imports_nothing_of_payworker() -> None:
+    # The fake models Stripe, not our code: its controller and its server load without
+    # any of payworker's packages.
+    ours = {'worker', 'tasks', 'db', 'core', 'celeryconfig'}
+    code = ('import sys, stripe_fake, stripe_fake.app, stripe_fake.__main__; '
+            f'print(sorted({{m.split(".")[0] for m in sys.modules}} & {ours!r}))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == '[]'
+
+
+def test_without_its_extra_it_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(control, 'SERVER_REQUIREMENTS', ('aiohttp', 'no_such_module'))
+    with pytest.raises(FakeStripeUnavailable, match=r'install payworker\[fake\]'):
+        FakeStripe.start()
+    assert main([]) == 2
+    assert 'no_such_module: install payworker[fake]' in capsys.readouterr().err

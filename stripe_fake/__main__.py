@@ -1,8 +1,9 @@
-"""`python -m tests.stripe_fake --port 12111 [--host 127.0.0.1]`.
+"""`python -m stripe_fake --port 12111 [--host 127.0.0.1]`.
 
 Prints exactly one line, "stripe fake listening on http://HOST:PORT", once
 the socket accepts connections (port 0 picks a free port), then serves until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT. Without localstripe and aiohttp (payworker's `fake` extra) it
+says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import signal
 import socket
 import sys
 
-from aiohttp import web
-
-from .app import make_app
+from .control import INSTALL_HINT, missing_requirements
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='python -m tests.stripe_fake')
+    parser = argparse.ArgumentParser(prog='python -m stripe_fake')
     parser.add_argument('--port', type=int, default=12111,
                         help='0 picks a free port')
     parser.add_argument('--host', default='127.0.0.1',
@@ -28,6 +27,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(host: str, port: int) -> None:
+    # Imported here: without the `fake` extra, main() explains instead of a traceback.
+    from aiohttp import web
+
+    from .app import make_app
+
     # Bind ourselves (IPv4 only, unlike localstripe's '::' on all
     # interfaces) so that with port 0 we know the port before announcing it.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -54,6 +58,11 @@ async def _serve(host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    missing = missing_requirements()
+    if missing:
+        print(f'the Stripe fake needs {" and ".join(missing)}: {INSTALL_HINT}',
+              file=sys.stderr)
+        return 2
     asyncio.run(_serve(args.host, args.port))
     return 0
 

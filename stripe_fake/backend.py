@@ -1,7 +1,7 @@
 """localstripe, tamed: no disk, a few gaps filled, its routes on our router.
 
-localstripe is GPL-3.0-or-later; it is only ever imported by this test-only
-package, never by the worker.
+localstripe is GPL-3.0-or-later; it is only ever imported by this package's
+server (payworker's optional `fake` extra), never by the worker.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -25,9 +26,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # .../tests/stripe_fake/
+# The directory this package was imported from: the server subprocess imports the same
+# copy (a source checkout, a worktree on PYTHONPATH, or site-packages).
+IMPORT_ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = 'sk_test_fake'
 _START_TIMEOUT = 15.0
+# The server's third-party needs: payworker's `fake` extra. localstripe is
+# GPL-3.0-or-later, so neither is ever a runtime dependency of payworker; this
+# controller itself is stdlib only and imports without them.
+SERVER_REQUIREMENTS = ('localstripe', 'aiohttp')
+INSTALL_HINT = "install payworker[fake] (pip install 'payworker[fake]')"
 
 
 class FakeStripeError(RuntimeError):
@@ -37,11 +45,23 @@ class FakeStripeError(RuntimeError):
         self.body = body
 
 
+class FakeStripeUnavailable(RuntimeError):
+    """The fake server cannot run here: its requirements are not installed."""
+
+
+def missing_requirements() -> list[str]:
+    """The server's requirements that this interpreter cannot import."""
+    return [name for name in SERVER_REQUIREMENTS
+            if importlib.util.find_spec(name) is None]
+
+
 class FakeStripe:
     """Controller for one fake server; owns the subprocess if it started it."""
 
     def __init__(self, url: str,
                  process: subprocess.Popen[str] | None = None) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ('http', 'https'):
+            raise ValueError(f'not an http(s) URL: {url!r}')
         self.url = url.rstrip('/')
         self._process = process
 
@@ -50,13 +70,22 @@ class FakeStripe:
     @classmethod
     def start(cls, port: int = 0, host: str = '127.0.0.1',
               timeout: float = _START_TIMEOUT) -> FakeStripe:
+        """Start a server subprocess (port 0: a free one) and wait until it answers.
+
+        Raises:
+            FakeStripeUnavailable: localstripe or aiohttp is not installed.
+        """
+        missing = missing_requirements()
+        if missing:
+            raise FakeStripeUnavailable(
+                f'the Stripe fake needs {" and ".join(missing)}: {INSTALL_HINT}')
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get('PYTHONPATH')) if p)
+            p for p in (str(IMPORT_ROOT), env.get('PYTHONPATH')) if p)
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'tests.stripe_fake', '--port', str(port),
+            [sys.executable, '-m', 'stripe_fake', '--port', str(port),
              '--host', host],
-            cwd=str(REPO_ROOT), env=env, stdout=subprocess.PIPE, text=True)
+            env=env, stdout=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
 
         def drain() -> None:  # keep reading so the pipe can never fill up
@@ -223,10 +252,11 @@ class FakeStripe:
         elif form is not None:
             data = urllib.parse.urlencode(form).encode()
             hdrs['Content-Type'] = 'application/x-www-form-urlencoded'
-        req = urllib.request.Request(url, data=data, method=method,
+        # The scheme is http(s): checked in __init__.
+        req = urllib.request.Request(url, data=data, method=method,  # noqa: S310
                                      headers=hdrs)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                 return json.loads(resp.read() or b'null')
         except urllib.error.HTTPError as e:
             raw = e.read()

@@ -1,7 +1,10 @@
 """Stripe fake for tests and the demo: localstripe behind our own server.
 
-Run: ``python -m tests.stripe_fake --port 12111`` (127.0.0.1 only, no disk),
-or ``FakeStripe.start()`` from :mod:`tests.stripe_fake.control`.
+Run: ``python -m stripe_fake --port 12111`` (127.0.0.1 only, no disk),
+or ``FakeStripe.start()`` from :mod:`stripe_fake.control`. The server needs
+payworker's ``fake`` extra (localstripe, aiohttp; ``pip install
+'payworker[fake]'``); the controller is stdlib only. This package models
+Stripe, not payworker: it imports nothing of ``worker``, ``tasks`` or ``db``.
 
 Added on top of localstripe: Idempotency-Key replay (per API key; 400
 ``idempotency_error`` on mismatch, 409 ``idempotency_key_in_use`` while in
@@ -49,6 +52,6 @@ Fixed here (backend.py), to behave like Stripe:
 * Exceptions inside localstripe -> 500 ``api_error`` JSON.
 """
 
-from .control import FakeStripe, FakeStripeError
+from .control import FakeStripe, FakeStripeError, FakeStripeUnavailable
 
-__all__ = ['FakeStripe', 'FakeStripeError']
+__all__ = ['FakeStripe', 'FakeStripeError', 'FakeStripeUnavailable']
