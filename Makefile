@@ -51,7 +51,7 @@ bench-quick: install services
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check core db tasks worker celeryconfig.py
+	$(BIN)/ruff format --check core db tasks worker stripe_fake celeryconfig.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -54,4 +54,4 @@ Fixed here (backend.py), to behave like Stripe:
 
 from .control import FakeStripe, FakeStripeError, FakeStripeUnavailable
 
-__all__ = ['FakeStripe', 'FakeStripeError', 'FakeStripeUnavailable']
+__all__ = ["FakeStripe", "FakeStripeError", "FakeStripeUnavailable"]

@@ -18,11 +18,11 @@ from .control import INSTALL_HINT, missing_requirements
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='python -m stripe_fake')
-    parser.add_argument('--port', type=int, default=12111,
-                        help='0 picks a free port')
-    parser.add_argument('--host', default='127.0.0.1',
-                        help='loopback by default; this fake has no auth')
+    parser = argparse.ArgumentParser(prog="python -m stripe_fake")
+    parser.add_argument("--port", type=int, default=12111, help="0 picks a free port")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="loopback by default; this fake has no auth"
+    )
     return parser.parse_args(argv)
 
 
@@ -43,8 +43,7 @@ async def _serve(host: str, port: int) -> None:
     site = web.SockSite(runner, sock)
     await site.start()  # listening from here on
     bound_host, bound_port = sock.getsockname()[:2]
-    print(f'stripe fake listening on http://{bound_host}:{bound_port}',
-          flush=True)
+    print(f"stripe fake listening on http://{bound_host}:{bound_port}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,12 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     missing = missing_requirements()
     if missing:
-        print(f'the Stripe fake needs {" and ".join(missing)}: {INSTALL_HINT}',
-              file=sys.stderr)
+        print(f"the Stripe fake needs {' and '.join(missing)}: {INSTALL_HINT}", file=sys.stderr)
         return 2
     asyncio.run(_serve(args.host, args.port))
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

@@ -41,8 +41,7 @@ List = _res.List
 _original_add_source = Customer._api_add_source
 
 
-def _add_source(id: str, source: Any = None, metadata: Any = None,
-                **kwargs: Any) -> Any:
+def _add_source(id: str, source: Any = None, metadata: Any = None, **kwargs: Any) -> Any:
     """Customer._api_add_source, closer to Stripe in two ways.
 
     * accepts `metadata` (localstripe: 400 "Unexpected metadata");
@@ -51,14 +50,16 @@ def _add_source(id: str, source: Any = None, metadata: Any = None,
       customer two list entries with one id.
     """
     if metadata is not None and not isinstance(metadata, dict):
-        raise UserError(400, 'Bad request')
+        raise UserError(400, "Bad request")
     token = None
-    if isinstance(source, str) and source.startswith('tok_'):
+    if isinstance(source, str) and source.startswith("tok_"):
         token = Token._api_retrieve(source)  # 404 if unknown
-        if getattr(token, '_used', False):
+        if getattr(token, "_used", False):
             raise UserError(
-                400, f'You cannot use a Stripe token more than once: {source}.',
-                {'code': 'token_already_used', 'param': 'source'})
+                400,
+                f"You cannot use a Stripe token more than once: {source}.",
+                {"code": "token_already_used", "param": "source"},
+            )
     card = _original_add_source(id, source=source, **kwargs)
     if token is not None:
         token._used = True  # '_' attributes are not exported by localstripe
@@ -71,8 +72,9 @@ def _add_source(id: str, source: Any = None, metadata: Any = None,
 Customer._api_add_source = staticmethod(_add_source)
 
 
-def _list_sources(id: str, object: Any = None, limit: Any = None,
-                  starting_after: Any = None, **kwargs: Any) -> Any:
+def _list_sources(
+    id: str, object: Any = None, limit: Any = None, starting_after: Any = None, **kwargs: Any
+) -> Any:
     """GET /v1/customers/{id}/sources with `limit`/`starting_after`.
 
     localstripe's version rejects paging params (400) although the SDK's
@@ -81,14 +83,12 @@ def _list_sources(id: str, object: Any = None, limit: Any = None,
     filtered one. This builds a fresh List instead.
     """
     if kwargs:
-        raise UserError(400, 'Unexpected ' + ', '.join(kwargs.keys()))
-    if object is not None and object not in ('card', 'bank_account'):
-        raise UserError(400, 'Bad request')
+        raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+    if object is not None and object not in ("card", "bank_account"):
+        raise UserError(400, "Bad request")
     customer = Customer._api_retrieve(id)
-    page = List('/v1/customers/' + id + '/sources', limit=limit,
-                starting_after=starting_after)
-    page._list = [s for s in customer.sources._list
-                  if object is None or s.object == object]
+    page = List("/v1/customers/" + id + "/sources", limit=limit, starting_after=starting_after)
+    page._list = [s for s in customer.sources._list if object is None or s.object == object]
     return page
 
 
@@ -100,35 +100,36 @@ class _CustomerUpdate:
 
     @staticmethod
     def _api_update(id: str, **data: Any) -> Any:
-        wanted = data.get('default_source')
+        wanted = data.get("default_source")
         if wanted:
             customer = Customer._api_retrieve(id)
             if not any(s.id == wanted for s in customer.sources._list):
-                raise UserError(400, f"No such source: '{wanted}'",
-                                {'code': 'resource_missing',
-                                 'param': 'default_source'})
+                raise UserError(
+                    400,
+                    f"No such source: '{wanted}'",
+                    {"code": "resource_missing", "param": "default_source"},
+                )
         return Customer._api_update(id, **data)
 
 
 _OVERRIDES: dict[tuple[str, str], Handler] = {
-    ('POST', '/v1/customers/{id}/sources'): _server.api_extra(
-        _add_source, '/v1/customers/{id}/sources'),
-    ('GET', '/v1/customers/{id}/sources'): _server.api_extra(
-        _list_sources, '/v1/customers/{id}/sources'),
-    ('POST', '/v1/customers/{id}'): _server.api_update(
-        _CustomerUpdate, '/v1/customers/{id}'),
+    ("POST", "/v1/customers/{id}/sources"): _server.api_extra(
+        _add_source, "/v1/customers/{id}/sources"
+    ),
+    ("GET", "/v1/customers/{id}/sources"): _server.api_extra(
+        _list_sources, "/v1/customers/{id}/sources"
+    ),
+    ("POST", "/v1/customers/{id}"): _server.api_update(_CustomerUpdate, "/v1/customers/{id}"),
 }
 
 
 @web.middleware
-async def _auth_middleware(request: web.Request,
-                           handler: Handler) -> web.StreamResponse:
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """localstripe's auth check (401 unless an sk_* key), except for our
     control plane, which takes no Stripe key."""
-    if request.path.startswith('/_fake/'):
+    if request.path.startswith("/_fake/"):
         return await handler(request)
-    response: web.StreamResponse = await _server.auth_middleware(
-        request, handler)
+    response: web.StreamResponse = await _server.auth_middleware(request, handler)
     return response
 
 

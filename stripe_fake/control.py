@@ -1,12 +1,12 @@
 """Start/drive the Stripe fake from tests or the demo. Stdlib only.
 
-    with FakeStripe.start() as fake:
-        client = stripe.StripeClient("sk_test_x",
-                                     base_addresses={"api": fake.url})
-        fake.inject(method="POST", path="^/v1/charges$", status=500,
-                    when="after", times=1)
-        ...
-        assert fake.count(method="POST", path="/v1/charges") == 2
+with FakeStripe.start() as fake:
+    client = stripe.StripeClient("sk_test_x",
+                                 base_addresses={"api": fake.url})
+    fake.inject(method="POST", path="^/v1/charges$", status=500,
+                when="after", times=1)
+    ...
+    assert fake.count(method="POST", path="/v1/charges") == 2
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ from typing import Any
 # The directory this package was imported from: the server subprocess imports the same
 # copy (a source checkout, a worktree on PYTHONPATH, or site-packages).
 IMPORT_ROOT = Path(__file__).resolve().parents[1]
-TEST_KEY = 'sk_test_fake'
+TEST_KEY = "sk_test_fake"
 _START_TIMEOUT = 15.0
 # The server's third-party needs: payworker's `fake` extra. localstripe is
 # GPL-3.0-or-later, so neither is ever a runtime dependency of payworker; this
 # controller itself is stdlib only and imports without them.
-SERVER_REQUIREMENTS = ('localstripe', 'aiohttp')
+SERVER_REQUIREMENTS = ("localstripe", "aiohttp")
 INSTALL_HINT = "install payworker[fake] (pip install 'payworker[fake]')"
 
 
 class FakeStripeError(RuntimeError):
     def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f'HTTP {status}: {body!r}')
+        super().__init__(f"HTTP {status}: {body!r}")
         self.status = status
         self.body = body
 
@@ -51,25 +51,24 @@ class FakeStripeUnavailable(RuntimeError):
 
 def missing_requirements() -> list[str]:
     """The server's requirements that this interpreter cannot import."""
-    return [name for name in SERVER_REQUIREMENTS
-            if importlib.util.find_spec(name) is None]
+    return [name for name in SERVER_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
 class FakeStripe:
     """Controller for one fake server; owns the subprocess if it started it."""
 
-    def __init__(self, url: str,
-                 process: subprocess.Popen[str] | None = None) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ('http', 'https'):
-            raise ValueError(f'not an http(s) URL: {url!r}')
-        self.url = url.rstrip('/')
+    def __init__(self, url: str, process: subprocess.Popen[str] | None = None) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url.rstrip("/")
         self._process = process
 
     # ---- lifecycle -------------------------------------------------------
 
     @classmethod
-    def start(cls, port: int = 0, host: str = '127.0.0.1',
-              timeout: float = _START_TIMEOUT) -> FakeStripe:
+    def start(
+        cls, port: int = 0, host: str = "127.0.0.1", timeout: float = _START_TIMEOUT
+    ) -> FakeStripe:
         """Start a server subprocess (port 0: a free one) and wait until it answers.
 
         Raises:
@@ -78,14 +77,18 @@ class FakeStripe:
         missing = missing_requirements()
         if missing:
             raise FakeStripeUnavailable(
-                f'the Stripe fake needs {" and ".join(missing)}: {INSTALL_HINT}')
+                f"the Stripe fake needs {' and '.join(missing)}: {INSTALL_HINT}"
+            )
         env = dict(os.environ)
-        env['PYTHONPATH'] = os.pathsep.join(
-            p for p in (str(IMPORT_ROOT), env.get('PYTHONPATH')) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(IMPORT_ROOT), env.get("PYTHONPATH")) if p
+        )
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'stripe_fake', '--port', str(port),
-             '--host', host],
-            env=env, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "stripe_fake", "--port", str(port), "--host", host],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         lines: queue.Queue[str] = queue.Queue()
 
         def drain() -> None:  # keep reading so the pipe can never fill up
@@ -105,25 +108,23 @@ class FakeStripe:
         return fake
 
     @staticmethod
-    def _await_banner(proc: subprocess.Popen[str], lines: queue.Queue[str],
-                      deadline: float) -> str:
-        prefix = 'stripe fake listening on '
+    def _await_banner(proc: subprocess.Popen[str], lines: queue.Queue[str], deadline: float) -> str:
+        prefix = "stripe fake listening on "
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f'stripe fake exited with code {proc.returncode}')
+                raise RuntimeError(f"stripe fake exited with code {proc.returncode}")
             try:
                 line = lines.get(timeout=0.1)
             except queue.Empty:
                 continue
             if line.startswith(prefix):
-                return line[len(prefix):].strip()
-        raise TimeoutError('stripe fake did not start in time')
+                return line[len(prefix) :].strip()
+        raise TimeoutError("stripe fake did not start in time")
 
     def _await_ready(self, deadline: float) -> None:
         while True:
             try:
-                self._request('GET', '/_fake/health')
+                self._request("GET", "/_fake/health")
                 return
             except (OSError, FakeStripeError):
                 if time.monotonic() > deadline:
@@ -143,132 +144,164 @@ class FakeStripe:
     def __enter__(self) -> FakeStripe:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # ---- control plane ---------------------------------------------------
 
     def reset(self) -> None:
-        self._request('POST', '/_fake/reset')
+        self._request("POST", "/_fake/reset")
 
-    def requests(self, method: str | None = None, path: str | None = None,
-                 path_prefix: str | None = None) -> list[dict[str, Any]]:
-        query = {k: v for k, v in (('method', method), ('path', path),
-                                   ('path_prefix', path_prefix)) if v}
-        result: list[dict[str, Any]] = self._request(
-            'GET', '/_fake/requests', query=query)
+    def requests(
+        self, method: str | None = None, path: str | None = None, path_prefix: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {
+            k: v for k, v in (("method", method), ("path", path), ("path_prefix", path_prefix)) if v
+        }
+        result: list[dict[str, Any]] = self._request("GET", "/_fake/requests", query=query)
         return result
 
-    def count(self, method: str | None = None, path: str | None = None,
-              path_prefix: str | None = None) -> int:
+    def count(
+        self, method: str | None = None, path: str | None = None, path_prefix: str | None = None
+    ) -> int:
         return len(self.requests(method, path, path_prefix))
 
     def clear_requests(self) -> None:
-        self._request('DELETE', '/_fake/requests')
+        self._request("DELETE", "/_fake/requests")
 
-    def inject(self, method: str | None = None, path: str | None = None,
-               status: int | None = None, delay: float = 0.0,
-               when: str = 'before', times: int | None = None,
-               probability: float = 1.0,
-               headers: dict[str, str] | None = None,
-               name: str | None = None) -> str:
+    def inject(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        delay: float = 0.0,
+        when: str = "before",
+        times: int | None = None,
+        probability: float = 1.0,
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
         """Add a fault rule; `path` is a regex (re.search). Returns its id."""
-        spec = {'method': method, 'path': path, 'status': status,
-                'delay': delay, 'when': when, 'times': times,
-                'probability': probability, 'headers': headers or {},
-                'name': name}
-        return str(self._request('POST', '/_fake/faults', json_body=spec)['id'])
+        spec = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "delay": delay,
+            "when": when,
+            "times": times,
+            "probability": probability,
+            "headers": headers or {},
+            "name": name,
+        }
+        return str(self._request("POST", "/_fake/faults", json_body=spec)["id"])
 
     def faults(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._request('GET', '/_fake/faults')
+        result: list[dict[str, Any]] = self._request("GET", "/_fake/faults")
         return result
 
     def clear_faults(self) -> None:
-        self._request('DELETE', '/_fake/faults')
+        self._request("DELETE", "/_fake/faults")
 
     # ---- direct Stripe reads (not logged, no faults) ---------------------
 
     def get_customer(self, customer_id: str) -> dict[str, Any]:
-        customer: dict[str, Any] = self._stripe(
-            'GET', f'/v1/customers/{_q(customer_id)}')
+        customer: dict[str, Any] = self._stripe("GET", f"/v1/customers/{_q(customer_id)}")
         return customer
 
     def list_customers(self) -> list[dict[str, Any]]:
-        return self._list_all('/v1/customers', {})
+        return self._list_all("/v1/customers", {})
 
     def list_charges(self, customer_id: str) -> list[dict[str, Any]]:
-        return self._list_all('/v1/charges', {'customer': customer_id})
+        return self._list_all("/v1/charges", {"customer": customer_id})
 
     def list_cards(self, customer_id: str) -> list[dict[str, Any]]:
-        return self._list_all(f'/v1/customers/{_q(customer_id)}/sources',
-                              {'object': 'card'})
+        return self._list_all(f"/v1/customers/{_q(customer_id)}/sources", {"object": "card"})
 
-    def create_card_token(self, number: str = '4242424242424242',
-                          exp_month: int = 12, exp_year: int = 2030,
-                          cvc: str = '123') -> str:
-        token = self._stripe('POST', '/v1/tokens', form={
-            'card[number]': number, 'card[exp_month]': str(exp_month),
-            'card[exp_year]': str(exp_year), 'card[cvc]': cvc})
-        return str(token['id'])
+    def create_card_token(
+        self,
+        number: str = "4242424242424242",
+        exp_month: int = 12,
+        exp_year: int = 2030,
+        cvc: str = "123",
+    ) -> str:
+        token = self._stripe(
+            "POST",
+            "/v1/tokens",
+            form={
+                "card[number]": number,
+                "card[exp_month]": str(exp_month),
+                "card[exp_year]": str(exp_year),
+                "card[cvc]": cvc,
+            },
+        )
+        return str(token["id"])
 
-    def _list_all(self, path: str,
-                  params: dict[str, str]) -> list[dict[str, Any]]:
+    def _list_all(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            query = dict(params, limit='100')
+            query = dict(params, limit="100")
             if cursor:
-                query['starting_after'] = cursor
-            page = self._stripe('GET', path, query=query)
-            items.extend(page['data'])
-            if not page.get('has_more') or not page['data']:
+                query["starting_after"] = cursor
+            page = self._stripe("GET", path, query=query)
+            items.extend(page["data"])
+            if not page.get("has_more") or not page["data"]:
                 return items
-            cursor = page['data'][-1]['id']
+            cursor = page["data"][-1]["id"]
 
-    def _stripe(self, method: str, path: str,
-                query: dict[str, str] | None = None,
-                form: dict[str, str] | None = None) -> Any:
-        headers = {'Authorization': f'Bearer {TEST_KEY}',
-                   'X-Fake-Control': '1'}
-        return self._request(method, path, query=query, form=form,
-                             headers=headers)
+    def _stripe(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {TEST_KEY}", "X-Fake-Control": "1"}
+        return self._request(method, path, query=query, form=form, headers=headers)
 
     # ---- HTTP ------------------------------------------------------------
 
-    def _request(self, method: str, path: str,
-                 query: dict[str, str] | None = None,
-                 json_body: Any = None, form: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         url = self.url + path
         if query:
-            url += '?' + urllib.parse.urlencode(query)
+            url += "?" + urllib.parse.urlencode(query)
         hdrs = dict(headers or {})
         data: bytes | None = None
         if json_body is not None:
             data = json.dumps(json_body).encode()
-            hdrs['Content-Type'] = 'application/json'
+            hdrs["Content-Type"] = "application/json"
         elif form is not None:
             data = urllib.parse.urlencode(form).encode()
-            hdrs['Content-Type'] = 'application/x-www-form-urlencoded'
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
         # The scheme is http(s): checked in __init__.
-        req = urllib.request.Request(url, data=data, method=method,  # noqa: S310
-                                     headers=hdrs)
+        req = urllib.request.Request(url, data=data, method=method, headers=hdrs)  # noqa: S310
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-                return json.loads(resp.read() or b'null')
+                return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:
                 body: Any = json.loads(raw)
             except ValueError:
-                body = raw.decode('utf-8', 'replace')
+                body = raw.decode("utf-8", "replace")
             raise FakeStripeError(e.code, body) from None
 
 
 def _q(segment: str) -> str:
-    return urllib.parse.quote(segment, safe='')
+    return urllib.parse.quote(segment, safe="")
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-When = Literal['before', 'after']
+When = Literal["before", "after"]
 
 
 class FaultSpecError(ValueError):
@@ -38,21 +38,27 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            'id': self.id, 'name': self.name, 'method': self.method,
-            'path': self.path, 'status': self.status, 'delay': self.delay,
-            'when': self.when, 'times': self.times, 'remaining': self.times,
-            'probability': self.probability, 'headers': self.headers,
-            'fired': self.fired,
+            "id": self.id,
+            "name": self.name,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "delay": self.delay,
+            "when": self.when,
+            "times": self.times,
+            "remaining": self.times,
+            "probability": self.probability,
+            "headers": self.headers,
+            "fired": self.fired,
         }
 
 
 def error_body(status: int, fault_name: str) -> dict[str, Any]:
     """A Stripe-shaped error body, so the SDK raises the matching class."""
-    message = f'Injected fault {fault_name!r}: HTTP {status}'
+    message = f"Injected fault {fault_name!r}: HTTP {status}"
     if status == 429:
-        return {'error': {'type': 'rate_limit_error', 'code': 'rate_limit',
-                          'message': message}}
-    return {'error': {'type': 'api_error', 'message': message}}
+        return {"error": {"type": "rate_limit_error", "code": "rate_limit", "message": message}}
+    return {"error": {"type": "api_error", "message": message}}
 
 
 class FaultRegistry:
@@ -69,37 +75,50 @@ class FaultRegistry:
         return fault
 
     def _parse(self, spec: dict[str, Any]) -> Fault:
-        known = {'method', 'path', 'status', 'delay', 'when', 'times',
-                 'probability', 'headers', 'name'}
+        known = {
+            "method",
+            "path",
+            "status",
+            "delay",
+            "when",
+            "times",
+            "probability",
+            "headers",
+            "name",
+        }
         unknown = set(spec) - known
         if unknown:
-            raise ValueError(f'unknown fields: {sorted(unknown)}')
-        when = spec.get('when') or 'before'
-        if when not in ('before', 'after'):
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        when = spec.get("when") or "before"
+        if when not in ("before", "after"):
             raise ValueError("when must be 'before' or 'after'")
-        path = spec.get('path')
+        path = spec.get("path")
         if path is not None:
             re.compile(path)  # fail now, not on the next request
-        status = spec.get('status')
-        delay = float(spec.get('delay') or 0.0)
-        times = spec.get('times')
-        probability = float(spec.get('probability', 1.0))
+        status = spec.get("status")
+        delay = float(spec.get("delay") or 0.0)
+        times = spec.get("times")
+        probability = float(spec.get("probability", 1.0))
         if status is None and delay <= 0:
-            raise ValueError('a fault needs a status or a delay')
+            raise ValueError("a fault needs a status or a delay")
         if delay < 0 or not 0.0 <= probability <= 1.0:
-            raise ValueError('delay must be >= 0, probability in 0..1')
+            raise ValueError("delay must be >= 0, probability in 0..1")
         if times is not None and int(times) < 0:
-            raise ValueError('times must be >= 0 or null')
-        fid = f'fault_{next(self._ids)}'
-        method = spec.get('method')
+            raise ValueError("times must be >= 0 or null")
+        fid = f"fault_{next(self._ids)}"
+        method = spec.get("method")
         return Fault(
-            id=fid, name=str(spec.get('name') or fid),
-            method=str(method).upper() if method else None, path=path,
-            status=int(status) if status is not None else None, delay=delay,
-            when=cast(When, when), times=int(times) if times is not None else None,
+            id=fid,
+            name=str(spec.get("name") or fid),
+            method=str(method).upper() if method else None,
+            path=path,
+            status=int(status) if status is not None else None,
+            delay=delay,
+            when=cast(When, when),
+            times=int(times) if times is not None else None,
             probability=probability,
-            headers={str(k): str(v)
-                     for k, v in (spec.get('headers') or {}).items()})
+            headers={str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
+        )
 
     def pick(self, when: When, method: str, path: str) -> Fault | None:
         """First matching rule of phase `when` that fires; consumes one use.

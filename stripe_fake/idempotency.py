@@ -44,10 +44,10 @@ class Entry:
 
 def api_key_of(authorization: str) -> str:
     """The secret key in an Authorization header (Bearer or Basic)."""
-    scheme, _, value = authorization.partition(' ')
-    if scheme == 'Basic':
+    scheme, _, value = authorization.partition(" ")
+    if scheme == "Basic":
         try:
-            return base64.b64decode(value).decode('utf-8').split(':')[0]
+            return base64.b64decode(value).decode("utf-8").split(":")[0]
         except ValueError:
             return value
     return value
@@ -57,18 +57,18 @@ def normalize_params(query: str, body: bytes, content_type: str) -> str:
     """Canonical text of the request parameters, independent of the order
     the client encoded them in."""
     pairs = sorted(parse_qsl(query, keep_blank_values=True))
-    if 'json' in content_type:
+    if "json" in content_type:
         try:
-            payload = json.loads(body or b'null')
+            payload = json.loads(body or b"null")
         except ValueError:
-            payload = body.decode('utf-8', 'replace')
+            payload = body.decode("utf-8", "replace")
         return json.dumps([pairs, payload], sort_keys=True)
-    text = body.decode('utf-8', 'replace')
+    text = body.decode("utf-8", "replace")
     pairs += sorted(parse_qsl(text, keep_blank_values=True))
     return json.dumps(sorted(pairs))
 
 
-Verdict = Literal['new', 'replay', 'mismatch', 'in_use']
+Verdict = Literal["new", "replay", "mismatch", "in_use"]
 
 
 class IdempotencyCache:
@@ -81,17 +81,16 @@ class IdempotencyCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
 
-    def begin(self, scope: tuple[str, str],
-              fp: Fingerprint) -> tuple[Verdict, Entry | None]:
+    def begin(self, scope: tuple[str, str], fp: Fingerprint) -> tuple[Verdict, Entry | None]:
         entry = self._entries.get(scope)
         if entry is None:
             self._entries[scope] = Entry(fingerprint=fp)
-            return 'new', None
+            return "new", None
         if entry.fingerprint != fp:
-            return 'mismatch', entry
+            return "mismatch", entry
         if entry.in_flight:
-            return 'in_use', entry
-        return 'replay', entry
+            return "in_use", entry
+        return "replay", entry
 
     def finish(self, scope: tuple[str, str], response: StoredResponse) -> None:
         """Store the result; a status in UNCACHED_STATUSES frees the key."""
@@ -114,11 +113,13 @@ class IdempotencyCache:
 
 
 MISMATCH_MESSAGE = (
-    'Keys for idempotent requests can only be used with the same parameters '
-    'they were first used with. Try using a key other than {key!r} if you '
-    'meant to execute a different request.')
+    "Keys for idempotent requests can only be used with the same parameters "
+    "they were first used with. Try using a key other than {key!r} if you "
+    "meant to execute a different request."
+)
 
 IN_USE_MESSAGE = (
-    'There is currently another in-progress request using this Idempotent '
-    'Key (that probably means you submitted twice, and the other request is '
-    'still going through): {key!r}. Please try again later.')
+    "There is currently another in-progress request using this Idempotent "
+    "Key (that probably means you submitted twice, and the other request is "
+    "still going through): {key!r}. Please try again later."
+)
