@@ -16,10 +16,10 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import pytest
@@ -75,18 +75,29 @@ def require(service: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A database of its own, its name starting with `prefix`, with the schema at head;
+    dropped afterwards."""
+    require("PostgreSQL", "127.0.0.1", 5432)
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = f"{PG_ADMIN_URL}/{name}"
+    try:
+        migrate(url)
+        yield url
+    finally:
+        admin = create_engine(f"{PG_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A fresh database with the schema at head, dropped afterwards."""
-    require("PostgreSQL", "127.0.0.1", 5432)
-    name = f"payworker_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = f"{PG_ADMIN_URL}/{name}"
-    migrate(url)
-    yield url
-    admin = create_engine(f"{PG_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """The session's database (the chaos tests that count or kill connections make their
+    own with `fresh_database`)."""
+    with fresh_database("payworker_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -222,35 +233,44 @@ def worker_env(
 class WorkerProcess:
     """A `celery -A worker worker` subprocess with its log captured to a file."""
 
+    READY_TIMEOUT = 30.0
+
     def __init__(
         self, env: dict[str, str], log_path: Path, concurrency: int = 4,
-        *, new_session: bool = False,
+        *, new_session: bool = False, events: bool = True, wait: bool = True,
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.queue = env["PAYWORKER_QUEUE"]
+        self.concurrency = concurrency
         self._log = log_path.open("ab")
+        # events=False: no task events and no heartbeats, so that the worker's only broker
+        # traffic is its consuming, its acks and its own publishes.
+        monitoring = ["-E"] if events else ["--without-heartbeat"]
         # new_session: the worker leads its own process group, so that a test can kill it
         # whole (main process, pool children and the embedded beat) in one signal.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
-             "--concurrency", str(concurrency), "--loglevel", "INFO", "-E", "--beat",
+             "--concurrency", str(concurrency), "--loglevel", "INFO", *monitoring, "--beat",
              "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
              "--without-gossip"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=new_session,
         )
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
-    def _wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_ready(self) -> Self:
+        """Return once the worker logged "ready."; raise with its log if it exited or took
+        longer than READY_TIMEOUT."""
+        deadline = time.monotonic() + self.READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
+                raise RuntimeError(f"worker exited early:\n{self.log()[-4000:]}")
             if "ready." in self.log():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log()}")
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"worker not ready in {self.READY_TIMEOUT}s:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -334,10 +354,12 @@ def ids() -> Callable[[str], str]:
     return lambda name: f"{name}-{suffix}"
 
 
-def event_rows(engine: Engine, event_ids: list[str]) -> dict[str, dict[str, Any]]:
+def event_rows(engine: Engine, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The ledger rows of these events, by event id (an event without a row is absent)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT * FROM payment_events WHERE event_id = ANY(:ids)"), {"ids": event_ids}
+            text("SELECT * FROM payment_events WHERE event_id = ANY(:ids)"),
+            {"ids": list(event_ids)},
         ).mappings()
         return {row["event_id"]: dict(row) for row in rows}
 

@@ -41,19 +41,20 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from stripe_fake import FakeStripe
-from tests.chaos._support import (
-    VISA,
-    ChaosWorker,
-    FreezableProxy,
-    Publisher,
-    WorkerPool,
-    dedicated_database,
-    event_row,
-    figures,
-    poll,
-    unacked_event_ids,
-    wait_final,
+from tests.chaos.harness.batches import VISA
+from tests.chaos.harness.broker import FreezableProxy, Publisher, unacked_event_ids
+from tests.chaos.harness.watch import event_row, figures, poll, wait_final
+from tests.chaos.harness.workers import KillableWorker, WorkerPool
+from tests.chaos.harness.world import (
+    cards_of_event,
+    charges_of_event,
+    pg_cards,
+    pg_charge,
+    pg_default,
+    posts_with_key,
+    stripe_customers_of,
 )
+from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.chaos
 
@@ -73,12 +74,12 @@ class Stage:
     pool: WorkerPool
     publisher: Publisher
     broker_url: str
-    live: ChaosWorker | None = None
+    live: KillableWorker | None = None
     kills: int = 0
     restarts: int = 0
     results: list[str] = field(default_factory=list)
 
-    def worker(self) -> ChaosWorker:
+    def worker(self) -> KillableWorker:
         if self.live is None or not self.live.alive():
             self.live = self.pool.start()
         return self.live.wait_ready()
@@ -94,7 +95,7 @@ class Stage:
 
         poll(fired, timeout, f"fault {fault_id} to fire")
 
-    def replace_live(self, **overrides: str) -> ChaosWorker:
+    def replace_live(self, **overrides: str) -> KillableWorker:
         """Stop the live worker (warm) and start one with other settings in its place."""
         if self.live is not None:
             self.live.stop()
@@ -118,40 +119,6 @@ class Stage:
         row = rows.get(event_id)
         took = time.monotonic() - killed_at
         return row or {}, took
-
-
-def stripe_customers_of(fake: FakeStripe, user: str) -> list[dict[str, Any]]:
-    return [c for c in fake.list_customers() if c["metadata"].get("user_id") == user]
-
-
-def cards_of_event(fake: FakeStripe, customer: str, event_id: str) -> list[dict[str, Any]]:
-    return [c for c in fake.list_cards(customer) if c["metadata"].get("event_id") == event_id]
-
-
-def charges_of_event(fake: FakeStripe, customer: str, event_id: str) -> list[dict[str, Any]]:
-    return [c for c in fake.list_charges(customer) if c["metadata"].get("event_id") == event_id]
-
-
-def pg_cards(engine: Engine, user: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(
-            text("SELECT * FROM cards WHERE user_id = :u ORDER BY created_at"), {"u": user}
-        ).mappings()]
-
-
-def pg_charge(engine: Engine, event_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT * FROM charges WHERE event_id = :e"), {"e": event_id}
-        ).mappings().one_or_none()
-        return dict(row) if row else None
-
-
-def pg_default(engine: Engine, user: str) -> str | None:
-    defaults = [c["stripe_card_id"] for c in pg_cards(engine, user)
-                if c["is_default"] and c["removed_at"] is None]
-    assert len(defaults) <= 1, defaults
-    return defaults[0] if defaults else None
 
 
 def assert_held_by_dead_worker(row: dict[str, Any] | None, point: str) -> None:
@@ -187,7 +154,7 @@ def report(stage: Stage, scenario: str, row: dict[str, Any], took: float,
 @pytest.fixture(scope="module")
 def stage(broker_url: str, tmp_path_factory: Any) -> Iterator[Stage]:
     fake = FakeStripe.start()
-    with dedicated_database("payworker_chaos_rp") as url:
+    with fresh_database("payworker_chaos_rp") as url:
         engine = create_engine(url)
         log_dir: Path = tmp_path_factory.mktemp("chaos-recovery")
         # The kill comes within ~0.1 s of the held request reaching the fake, well inside the
@@ -294,8 +261,8 @@ def test_user_registered_killed_after_stripe_created_the_customer(stage: Stage) 
            max(0, len(customers) - 1))
     assert_resumed(row, "customer_creating")
     assert [c["id"] for c in customers] == [created[0]["id"]] == [row["result"]["customer_id"]]
-    replays = [r for r in stage.fake.requests(method="POST", path="/v1/customers")
-               if r["idempotency_key"] == f"pw:{event}:customer" and r["replayed"]]
+    replays = [r for r in posts_with_key(stage.fake, "/v1/customers", f"pw:{event}:customer")
+               if r["replayed"]]
     assert replays, "the resume did not repeat the create with the same key"
 
 
@@ -452,8 +419,8 @@ def test_charge_killed_after_stripe_created_it(stage: Stage, user) -> None:
     assert [c["id"] for c in charges] == [created[0]["id"]] == [row["result"]["charge_id"]]
     stored = pg_charge(stage.engine, event)
     assert stored["status"] == "succeeded" and stored["stripe_charge_id"] == charges[0]["id"]
-    replays = [r for r in stage.fake.requests(method="POST", path="/v1/charges")
-               if r["idempotency_key"] == f"pw:{event}:charge" and r["replayed"]]
+    replays = [r for r in posts_with_key(stage.fake, "/v1/charges", f"pw:{event}:charge")
+               if r["replayed"]]
     assert replays, "the resume did not repeat the charge with the same key"
 
 

@@ -36,26 +36,24 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from stripe_fake import FakeStripe
-from tests.chaos._support import (
-    PG_ADMIN_URL,
-    TERMINAL,
-    Batch,
+from tests.chaos.harness.batches import Batch, ordered_batch
+from tests.chaos.harness.broker import (
     Publisher,
     RedisServer,
-    WorkerPool,
-    check_world,
-    dedicated_database,
+    queued_event_ids,
+    unacked_event_ids,
+)
+from tests.chaos.harness.watch import (
     duplicate_deliveries,
-    event_rows,
     explain,
     figures,
-    ordered_batch,
     poll,
-    queued_event_ids,
     status_counts,
-    unacked_event_ids,
     unfinished,
 )
+from tests.chaos.harness.workers import WorkerPool
+from tests.chaos.harness.world import check_world
+from tests.conftest import PG_ADMIN_URL, TERMINAL, event_rows, fresh_database
 
 pytestmark = pytest.mark.chaos
 
@@ -81,7 +79,7 @@ def fake() -> Iterator[FakeStripe]:
 
 @pytest.fixture
 def database() -> Iterator[tuple[str, Engine]]:
-    with dedicated_database("payworker_chaos_svc") as url:
+    with fresh_database("payworker_chaos_svc") as url:
         # pre_ping: the test's own polling survives the connection kills of chaos 4
         engine = create_engine(url, pool_pre_ping=True)
         yield url, engine

@@ -33,22 +33,19 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from stripe_fake import FakeStripe
-from tests.chaos._support import (
-    Batch,
-    Publisher,
-    WorkerPool,
-    check_world,
-    dedicated_database,
+from tests.chaos.harness.batches import Batch, mixed_batch, prepared_users, setup_batch
+from tests.chaos.harness.broker import Publisher
+from tests.chaos.harness.watch import (
     duplicate_deliveries,
     explain,
     figures,
-    mixed_batch,
-    prepared_users,
-    setup_batch,
     status_counts,
     unfinished,
     wait_final,
 )
+from tests.chaos.harness.workers import WorkerPool
+from tests.chaos.harness.world import check_world
+from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.chaos
 
@@ -74,7 +71,7 @@ class Storm:
 @pytest.fixture(scope="module")
 def storm(broker_url: str, tmp_path_factory: Any) -> Iterator[Storm]:
     fake = FakeStripe.start()
-    with dedicated_database("payworker_chaos_storm") as url:
+    with fresh_database("payworker_chaos_storm") as url:
         engine = create_engine(url)
         log_dir: Path = tmp_path_factory.mktemp("chaos-storm")
         pool = WorkerPool(url, broker_url, fake.url, log_dir,

@@ -29,31 +29,32 @@ from contextlib import suppress
 from typing import Any
 
 import pytest
-from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from stripe_fake import FakeStripe
-from tests.chaos.conftest import (
+from tests.chaos.harness.broker import Broker, Publisher
+from tests.chaos.harness.watch import event_row, figures
+from tests.chaos.harness.workers import (
     LEASE_SECONDS,
     SWEEP_SECONDS,
-    Broker,
     KillableWorker,
-    publish_to,
+    WorkerPool,
 )
-from tests.conftest import ROOT, broker_url_for, drop_queue, event_rows, worker_env
+from tests.chaos.harness.world import charges_of_event, pg_charge, posts_with_key
+from tests.conftest import ROOT, broker_url_for, drop_queue, worker_env
+
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 CHARGES = "^/v1/charges$"
 # How long the fake holds back the answer of a charge it has already created.
 IN_FLIGHT_DELAY = 3.0
+# Longer than IN_FLIGHT_DELAY: the call is in flight when it is killed, it does not time out
+# by itself (the worker caps it below the soft time limit).
+IN_FLIGHT_SETTINGS = {"PAYWORKER_STRIPE_TIMEOUT": "10"}
 # Beyond lease + sweep: the sweep's publish and the re-driven run itself (claim, the
 # replayed Stripe call, the commit), on a machine that may be busy.
 SLACK_SECONDS = 5.0
 RECOVERY_BOUND = LEASE_SECONDS + SWEEP_SECONDS + SLACK_SECONDS
-
-
-def figures(scenario: str, **values: Any) -> None:
-    print(f"[chaos] {scenario}: " + " ".join(f"{k}={v}" for k, v in values.items()),
-          flush=True)
 
 
 def _pool(worker: KillableWorker) -> str:
@@ -67,22 +68,16 @@ def _uid(name: str) -> str:
 
 
 def _customer_with_card(
-    upstream: Celery, queue: str, stripe: FakeStripe, wait_for: Callable[..., Any]
+    publisher: Publisher, stripe: FakeStripe, wait_for: Callable[..., Any]
 ) -> tuple[str, str]:
     """A registered user with a default card; returns (user_id, stripe customer id)."""
     user, reg, tok = _uid("user"), _uid("reg"), _uid("tok")
-    publish_to(upstream, queue, "user_registered", event_id=reg, user_id=user,
-               email="kill@example.com")
-    publish_to(upstream, queue, "card_token_received", event_id=tok, user_id=user,
-               token=stripe.create_card_token())
+    publisher.send("user_registered", event_id=reg, user_id=user, email="kill@example.com")
+    publisher.send("card_token_received", event_id=tok, user_id=user,
+                   token=stripe.create_card_token())
     rows = wait_for(reg, tok, timeout=30)
     assert {r["status"] for r in rows.values()} == {"succeeded"}, rows
     return user, rows[reg]["result"]["customer_id"]
-
-
-def _charges_of(stripe: FakeStripe, customer: str, event_id: str) -> list[dict[str, Any]]:
-    return [c for c in stripe.list_charges(customer)
-            if (c.get("metadata") or {}).get("event_id") == event_id]
 
 
 def _wait_in_flight(stripe: FakeStripe, pending: dict[str, str], timeout: float = 20) -> None:
@@ -90,26 +85,10 @@ def _wait_in_flight(stripe: FakeStripe, pending: dict[str, str], timeout: float 
     their responses are now being held back by the fake."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_charges_of(stripe, customer, event) for event, customer in pending.items()):
+        if all(charges_of_event(stripe, customer, event) for event, customer in pending.items()):
             return
         time.sleep(0.05)
     raise AssertionError(f"the charges did not reach Stripe within {timeout}s")
-
-
-def _ledger(engine: Engine, event_id: str) -> dict[str, Any]:
-    return event_rows(engine, [event_id])[event_id]
-
-
-def _pg_charge(engine: Engine, event_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(text("SELECT * FROM charges WHERE event_id = :e"),
-                           {"e": event_id}).mappings().first()
-        return dict(row) if row else None
-
-
-def _charge_posts(stripe: FakeStripe, event_id: str) -> list[dict[str, Any]]:
-    return [r for r in stripe.requests(method="POST", path="/v1/charges")
-            if r.get("idempotency_key") == f"pw:{event_id}:charge"]
 
 
 def _audit(
@@ -123,12 +102,13 @@ def _audit(
     posts: dict[str, int] = {}
     problems: list[str] = []
     for event_id, customer in events.items():
-        on_stripe = _charges_of(stripe, customer, event_id)
-        row = _ledger(engine, event_id)
-        pg = _pg_charge(engine, event_id)
+        on_stripe = charges_of_event(stripe, customer, event_id)
+        row = event_row(engine, event_id)
+        assert row is not None, f"{event_id}: no ledger row"
+        pg = pg_charge(engine, event_id)
         duplicates += max(0, len(on_stripe) - 1)
         lost += row["status"] != "succeeded"
-        posts[event_id] = len(_charge_posts(stripe, event_id))
+        posts[event_id] = len(posts_with_key(stripe, "/v1/charges", f"pw:{event_id}:charge"))
         if row["status"] != "succeeded" or len(on_stripe) != 1:
             problems.append(f"{event_id}: {row['status']}, {len(on_stripe)} Stripe charges")
         elif pg is None or pg["status"] != "succeeded" or not (
@@ -141,19 +121,18 @@ def _audit(
 @pytest.mark.chaos
 @pytest.mark.parametrize("pool", ["default", "prefork"])
 def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
-    pool: str, chaos_broker: Broker, chaos_upstream: Celery,
-    killable_workers: Callable[..., KillableWorker], fault_free_stripe: FakeStripe,
-    engine: Engine, wait_for: Callable[..., Any],
+    pool: str, chaos_broker: Broker, chaos_workers: WorkerPool, chaos_publisher: Publisher,
+    stripe_fake: FakeStripe, engine: Engine, wait_for: Callable[..., Any],
 ) -> None:
     """SIGKILL the worker's whole process group (main process, pool processes, beat) while
     Stripe holds back the answers of three charges it has made; a new worker on the same
     queue finishes each event with one charge, within lease + sweep interval (+ slack) of
     the kill, or of the new worker's start if that took longer than the lease. With the
     product's default pool and with prefork."""
-    stripe, in_flight = fault_free_stripe, 3
-    pool_setting = {} if pool == "default" else {"PAYWORKER_POOL": pool}
-    first = killable_workers(concurrency=in_flight, **pool_setting)
-    customers = [_customer_with_card(chaos_upstream, first.queue, stripe, wait_for)
+    stripe, in_flight = stripe_fake, 3
+    settings = IN_FLIGHT_SETTINGS | ({} if pool == "default" else {"PAYWORKER_POOL": pool})
+    first = chaos_workers.start(concurrency=in_flight, **settings)
+    customers = [_customer_with_card(chaos_publisher, stripe, wait_for)
                  for _ in range(in_flight)]
     stripe.inject(method="POST", path=CHARGES, delay=IN_FLIGHT_DELAY, when="after",
                   times=in_flight, name="held-back")
@@ -161,19 +140,19 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
     for user, customer in customers:
         event_id = _uid("kill-charge")
         events[event_id] = customer
-        publish_to(chaos_upstream, first.queue, "charge_requested", event_id=event_id,
-                   user_id=user, amount=1999, currency="usd")
+        chaos_publisher.send("charge_requested", event_id=event_id, user_id=user,
+                             amount=1999, currency="usd")
     _wait_in_flight(stripe, events)
-    held = [_ledger(engine, e) for e in events]
-    assert all(r["status"] == "processing" and r["recovery_point"] == "charge_creating"
-               for r in held), held
+    held = [event_row(engine, e) for e in events]
+    assert all(r is not None and r["status"] == "processing"
+               and r["recovery_point"] == "charge_creating" for r in held), held
 
     killed_at = time.monotonic()
     victims = first.kill()
     assert first.proc.pid in victims and len(victims) >= 2  # main, beat (and pool children)
     if pool == "prefork":
         assert "(prefork)" in first.log() and len(victims) >= 2 + in_flight, victims
-    second = killable_workers(queue=first.queue, concurrency=2, **pool_setting)
+    second = chaos_workers.start(concurrency=2, **settings)  # on the same queue
     # The lease runs out while the new worker starts; on a busy machine the start may take
     # longer than the lease, and nothing can re-drive before a worker is up.
     started_in = time.monotonic() - killed_at
@@ -199,27 +178,26 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
 
 @pytest.mark.chaos
 def test_sigkill_of_a_pool_process_while_a_charge_is_in_flight(
-    chaos_broker: Broker, chaos_upstream: Celery,
-    killable_workers: Callable[..., KillableWorker], fault_free_stripe: FakeStripe,
-    engine: Engine, wait_for: Callable[..., Any],
+    chaos_broker: Broker, chaos_workers: WorkerPool, chaos_publisher: Publisher,
+    stripe_fake: FakeStripe, engine: Engine, wait_for: Callable[..., Any],
 ) -> None:
     """SIGKILL only the prefork child running the charge: task_reject_on_worker_lost gives
     the message back to the broker (it is delivered again at once) and the event ends with
     one charge; the main process lives on."""
-    stripe = fault_free_stripe
+    stripe = stripe_fake
     # Pool processes exist with prefork only (the product's default pool may be threads).
-    worker = killable_workers(concurrency=2, PAYWORKER_POOL="prefork")
+    worker = chaos_workers.start(concurrency=2, PAYWORKER_POOL="prefork", **IN_FLIGHT_SETTINGS)
     assert "(prefork)" in worker.log()
-    user, customer = _customer_with_card(chaos_upstream, worker.queue, stripe, wait_for)
+    user, customer = _customer_with_card(chaos_publisher, stripe, wait_for)
     stripe.inject(method="POST", path=CHARGES, delay=IN_FLIGHT_DELAY, when="after",
                   times=1, name="held-back")
     event_id = _uid("child-kill")
-    task_id = publish_to(chaos_upstream, worker.queue, "charge_requested", event_id=event_id,
-                         user_id=user, amount=2500, currency="eur")
+    task_id = chaos_publisher.send("charge_requested", event_id=event_id, user_id=user,
+                                   amount=2500, currency="eur")
     _wait_in_flight(stripe, {event_id: customer})
 
-    holder = _ledger(engine, event_id)
-    assert holder["status"] == "processing", holder
+    holder = event_row(engine, event_id)
+    assert holder is not None and holder["status"] == "processing", holder
     pid = int(holder["locked_by"].split(":")[1])  # locked_by = host:pid:task_id
     assert pid != worker.proc.pid
     killed_at = time.monotonic()
@@ -330,17 +308,16 @@ def _output_until_exit_or_ready(
 
 
 def test_worker_accepts_the_short_settings_of_the_issue(
-    chaos_broker: Broker, chaos_upstream: Celery,
-    killable_workers: Callable[..., KillableWorker], engine: Engine,
-    wait_for: Callable[..., Any],
+    chaos_broker: Broker, chaos_workers: WorkerPool, chaos_publisher: Publisher,
+    engine: Engine, wait_for: Callable[..., Any],
 ) -> None:
     """PAYWORKER_VISIBILITY_TIMEOUT=60, PAYWORKER_LEASE_SECONDS=6, PAYWORKER_SWEEP_SECONDS=2
     is a valid configuration: the worker starts and processes a message."""
-    worker = killable_workers(PAYWORKER_VISIBILITY_TIMEOUT="60", PAYWORKER_LEASE_SECONDS="6",
-                              PAYWORKER_SWEEP_SECONDS="2")
+    worker = chaos_workers.start(concurrency=2, PAYWORKER_VISIBILITY_TIMEOUT="60",
+                                 PAYWORKER_LEASE_SECONDS="6", PAYWORKER_SWEEP_SECONDS="2")
     assert "refusing to start" not in worker.log()
     event_id, user = _uid("short-settings"), _uid("user")
-    publish_to(chaos_upstream, worker.queue, "user_registered", event_id=event_id,
-               user_id=user, email="short@example.com")
+    chaos_publisher.send("user_registered", event_id=event_id, user_id=user,
+                         email="short@example.com")
     rows = wait_for(event_id, timeout=30)
     assert rows[event_id]["status"] == "succeeded", rows
