@@ -4,7 +4,8 @@ Run: ``python -m stripe_fake --port 12111`` (127.0.0.1 only, no disk),
 or ``FakeStripe.start()`` from :mod:`stripe_fake.control`. The server needs
 payworker's ``fake`` extra (localstripe, aiohttp; ``pip install
 'payworker[fake]'``); the controller is stdlib only. This package models
-Stripe, not payworker: it imports nothing of ``worker``, ``tasks`` or ``db``.
+Stripe, not payworker: it imports none of payworker's packages (a lint-imports
+contract in pyproject.toml).
 
 Added on top of localstripe: Idempotency-Key replay (per API key; 400
 ``idempotency_error`` on mismatch, 409 ``idempotency_key_in_use`` while in
