@@ -60,7 +60,7 @@ worker_concurrency = _settings.concurrency
 
 # Enforced by prefork only. The thread pool cannot interrupt a task: there the run is
 # bounded by its Stripe timeouts, the rate-limit wait cap and a per-run deadline checked
-# before every Stripe request (worker/resources.py, tasks/stripe_http.py).
+# before every Stripe request (worker/bootstrap.py, tasks/stripe_http.py).
 task_time_limit = _settings.task_time_limit
 task_soft_time_limit = _settings.task_soft_time_limit
 
