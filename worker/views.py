@@ -1,8 +1,11 @@
-"""Rich renderings of the ledger for the `payworker` command."""
+"""Renderings of the ledger for the `payworker` command: Rich tables for people, JSON for
+scripts (`--json`, `events show`)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime, timedelta
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -10,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from db.models import EventStatus
-from worker.queries import EventLine, StatusOverview
+from db.queries import EventLine, EventRecord, StatusOverview
+
+SEALED_MARKER = "<sealed>"  # stands where the ciphertext of a card token is kept
 
 STATUS_COLOURS = {
     EventStatus.RECEIVED: "blue",
@@ -70,7 +75,7 @@ def events_table(console: Console, lines: list[EventLine], moment: datetime) -> 
                 "status": Text(line.status, style=STATUS_COLOURS.get(EventStatus(line.status), "")),
                 "error_code": Text(line.error_code or ""),
                 "att": Text(str(line.attempts)),
-                "age": Text(age_text(line.age(moment))),
+                "age": Text(age_text(moment - line.created_at)),
                 "last error": Text(error),
             }
         )
@@ -120,3 +125,46 @@ def age_text(delta: timedelta) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def event_json(record: EventRecord) -> dict[str, Any]:
+    """A ledger row as JSON-ready data, every column in table order (the sealed card token
+    only as a marker: ciphertext is nothing an operator can use)."""
+    out: dict[str, Any] = {}
+    for column in fields(record):
+        value = getattr(record, column.name)
+        if column.name == "sealed":
+            out["sealed_token"] = SEALED_MARKER if value else None
+        else:
+            out[column.name] = _jsonable(value)
+    return out
+
+
+def event_line_json(line: EventLine, moment: datetime) -> dict[str, Any]:
+    """One element of `events list --json`: the line and its age at `moment`."""
+    out = {column.name: _jsonable(getattr(line, column.name)) for column in fields(line)}
+    out["age_seconds"] = round((moment - line.created_at).total_seconds(), 3)
+    return out
+
+
+def status_json(overview: StatusOverview) -> dict[str, Any]:
+    """`status --json`: counts by type and status (every status, zeros included)."""
+    matrix: dict[str, dict[str, int]] = {
+        t: {s.value: overview.counts.get((t, s), 0) for s in EventStatus} for t in overview.types
+    }
+    oldest = overview.oldest_unfinished
+    return {
+        "at": overview.moment.isoformat(),
+        "counts": matrix,
+        "totals": {s.value: overview.by_status(s) for s in EventStatus},
+        "dead": overview.by_status(EventStatus.DEAD),
+        "retry_due": overview.retry_due,
+        "retry_waiting": overview.retry_waiting,
+        "running": overview.running,
+        "lease_expired": overview.lease_expired,
+        "oldest_unfinished": event_json(oldest) if oldest is not None else None,
+    }

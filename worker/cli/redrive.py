@@ -1,0 +1,117 @@
+"""Re-driving the ledger's events: `payworker replay` and `sweep`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from core.redact import redact
+from core.settings import get_settings
+from db.session import get_engine
+from tasks.gateway import idempotency_key
+from tasks.maintenance import REDRIVE_TASK, run_sweep
+from tasks.replay import Refused, ReplayOutcome
+from tasks.replay import replay as reopen
+from worker.cli.base import celery_app, console
+
+
+def replay(
+    event_ids: Annotated[list[str], typer.Argument(help="event ids to replay")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="also replay FAILED events, as a new generation with new idempotency keys",
+        ),
+    ] = False,
+) -> None:
+    """Re-drive dead events from their recovery point with the same idempotency keys.
+
+    Succeeded events are refused; failed ones too unless --force. Exit 1 if any is refused.
+    """
+    settings = get_settings()
+    engine = get_engine(settings.database_url)
+    app = celery_app()
+    unique = list(dict.fromkeys(event_ids))
+    not_replayed = 0
+    progress = Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+        disable=len(unique) < 2 or not console.is_terminal,
+    )
+    with app.producer_or_acquire() as producer, progress:
+        bar = progress.add_task("replay", total=len(unique))
+
+        def publish(event_id: str) -> None:
+            app.send_task(
+                REDRIVE_TASK,
+                kwargs={"event_id": event_id},
+                queue=settings.queue,
+                producer=producer,
+            )
+
+        for event_id in unique:
+            try:
+                with engine.begin() as conn:
+                    outcome = reopen(
+                        conn,
+                        event_id,
+                        force=force,
+                        queue=settings.queue,
+                        publish=publish,
+                        grace_seconds=settings.redrive_after_seconds,
+                    )
+            except Exception as exc:  # the row is rolled back: nothing changed
+                not_replayed += 1
+                error = redact(f"{type(exc).__name__}: {exc}")[:300]
+                console.print(
+                    f"[red]error {escape(event_id)}: {escape(error)}[/red]", soft_wrap=True
+                )
+            else:
+                not_replayed += _print_replay(outcome)
+            progress.advance(bar)
+    if not_replayed:
+        raise typer.Exit(1)
+
+
+def _print_replay(outcome: ReplayOutcome) -> int:
+    """One line per event; returns 1 when it was not replayed."""
+    if isinstance(outcome, Refused):
+        console.print(
+            f"[yellow]refused {escape(outcome.event_id)}: {escape(outcome.reason)}[/yellow]",
+            soft_wrap=True,
+        )
+        return 1
+    keys = escape(idempotency_key(outcome.event_id, "{step}", outcome.generation))
+    where = "" if outcome.published else f" (left to the sweeper of queue {outcome.queue})"
+    if outcome.new_generation:
+        console.print(
+            f"[bold red]replayed {escape(outcome.event_id)}: {outcome.was} -> generation"
+            f" {outcome.generation} from {outcome.recovery_point} with NEW idempotency keys"
+            f" {keys}: Stripe acts again (a new charge/card/customer is possible); the"
+            f" earlier outcome is kept in progress.replays{escape(where)}"
+            "[/bold red]",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"[green]replayed {escape(outcome.event_id)}: {outcome.was} -> processing, resuming"
+            f" at {outcome.recovery_point} with the same idempotency keys {keys}"
+            f"{escape(where)}[/green]",
+            soft_wrap=True,
+        )
+    return 0
+
+
+def sweep() -> None:
+    """Run one sweeper pass now: re-drive due retries and abandoned events."""
+    settings = get_settings()
+    report = run_sweep(celery_app(), settings, get_engine(settings.database_url))
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items())) or "nothing due"
+    console.print(f"re-drove {len(report.redriven)} event(s) ({reasons})")
