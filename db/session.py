@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()  # threads of one worker process share its engines
@@ -65,11 +62,3 @@ def dispose_all() -> None:
     """Drop every pool of this process (after a fork, or at shutdown)."""
     for key in list(_engines):
         _engines.pop(key).dispose(close=False)
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One short transaction: commit on success, roll back on any error."""
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
-        yield session
