@@ -23,7 +23,7 @@ from core.errors import (
 )
 from core.redact import safe_repr
 from core.settings import MAX_DB_DOWN_PAUSE
-from db import ledger
+from db import claims
 from tasks.logs import EventLog
 from tasks.messages import CardTokenReceived, Message, parse_message
 from tasks.phases import Workflow
@@ -126,10 +126,10 @@ class PaymentTask(LedgerTask):
                 return self._reject(error, kwargs, log)
             return self._without_ledger(exc, log)
 
-        if isinstance(claimed, ledger.AlreadyFinished):
+        if isinstance(claimed, claims.AlreadyFinished):
             log.info("duplicate delivery ignored", status=claimed.status)
             return {"event_id": event_id, "status": claimed.status, "duplicate": True}
-        if isinstance(claimed, ledger.Busy):
+        if isinstance(claimed, claims.Busy):
             # Another delivery is working on it; if that worker dies, its lease runs out
             # and the sweeper re-drives the event. This copy has nothing to add.
             log.info("duplicate delivery ignored: event in progress elsewhere")
@@ -149,7 +149,7 @@ class PaymentTask(LedgerTask):
         res = self.resources.get()
         try:
             with res.engine.begin() as conn:
-                ledger.record_invalid(
+                claims.record_invalid(
                     conn,
                     self.workflow.message_type,
                     event_id,
@@ -184,12 +184,12 @@ def deliver(self: PaymentTask, /, *args: Any, **kwargs: Any) -> Outcome:
     return self.handle(args, kwargs)
 
 
-def _claim(res: Resources, message_type: str, message: Message, owner: str) -> ledger.ClaimOutcome:
+def _claim(res: Resources, message_type: str, message: Message, owner: str) -> claims.ClaimOutcome:
     """Claim the event in a transaction of its own. The claim is one idempotent statement:
     when it fails because its pooled connection turned out dead (Postgres restarted, or
     its backend was killed), it is repeated once at once on a fresh connection."""
     sealed = res.sealer.seal(message.token) if isinstance(message, CardTokenReceived) else None
-    event = ledger.NewEvent(
+    event = claims.NewEvent(
         event_id=message.event_id,
         type=message_type,
         user_id=message.user_id,
@@ -201,7 +201,7 @@ def _claim(res: Resources, message_type: str, message: Message, owner: str) -> l
     for tries_left in (1, 0):
         try:
             with res.engine.begin() as conn:
-                return ledger.claim(conn, event, owner, res.settings.lease_seconds)
+                return claims.claim(conn, event, owner, res.settings.lease_seconds)
         except DBAPIError as exc:
             if not (tries_left and exc.connection_invalidated):
                 raise

@@ -9,7 +9,7 @@ from celery import Celery, Task
 from sqlalchemy import Engine
 
 from core.settings import Settings
-from db import ledger
+from db import claims, ledger
 from tasks.base import LedgerTask
 from tasks.logs import EventLog
 from tasks.messages import MESSAGE_TYPES, Message
@@ -74,7 +74,7 @@ class RedriveTask(LedgerTask):
             return {"status": "rejected"}
         res = self.resources.get()
         with res.engine.begin() as conn:
-            taken = ledger.reclaim(conn, event_id, self.owner(), res.settings.lease_seconds)
+            taken = claims.reclaim(conn, event_id, self.owner(), res.settings.lease_seconds)
         if taken is None:
             log.error("redrive of an unknown event")
             return {"event_id": event_id, "status": "unknown"}

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from db import ledger
-from db.ledger import Claim, NewEvent, now
+from db import claims, ledger
+from db.claims import NewEvent
+from db.ledger import Claim, now
 from tasks.logs import EventLog
 from tasks.maintenance import rebuild_message
 from tasks.messages import MESSAGE_TYPES, CardTokenReceived, Message
@@ -80,7 +81,7 @@ class Deliveries:
     ) -> Claim:
         """Claim the event for `owner`; fails the test unless the claim is granted."""
         with self.res.engine.begin() as conn:
-            claimed = ledger.claim(conn, new_event(self.res, message), owner, lease_seconds)
+            claimed = claims.claim(conn, new_event(self.res, message), owner, lease_seconds)
         assert isinstance(claimed, Claim), claimed
         return claimed
 
@@ -112,7 +113,7 @@ class Deliveries:
         makes it: take the known event's lease, rebuild its message from the ledger (the
         card token unsealed), run it."""
         with self.res.engine.begin() as conn:
-            taken = ledger.reclaim(conn, event_id, owner, LEASE_SECONDS)
+            taken = claims.reclaim(conn, event_id, owner, LEASE_SECONDS)
         assert taken is not None, f"unknown event {event_id!r}"
         claimed, stored = taken
         assert isinstance(claimed, Claim) and stored is not None, claimed

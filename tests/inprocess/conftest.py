@@ -1,7 +1,7 @@
 """The in-process tier: each workflow's phases driven by `tasks.runner.run_event` against
 the real, migrated Postgres of `tests/conftest.py` and an in-process Stripe
 (`fake_gateway.FakeGateway`). No broker, no worker process, no HTTP: a test claims an
-event as the Celery task does (`db.ledger.claim` with the task's `NewEvent`), hands the
+event as the Celery task does (`db.claims.claim` with the task's `NewEvent`), hands the
 claim to the runner and reads what it wrote. Nothing of the database is mocked.
 
 Isolation: every test commits for real and keeps apart by its ids, not by a rolled-back
