@@ -30,10 +30,15 @@ def register_tasks(app: Celery, resources: ProcessResources) -> dict[str, Task]:
         return self.sweep()
 
     tasks[REDRIVE_TASK] = app.task(
-        name=REDRIVE_TASK, bind=True, base=RedriveTask, resources=resources
+        name=REDRIVE_TASK, bind=True, base=RedriveTask, resources=resources, shared=False
     )(redrive)
     tasks[SWEEP_TASK] = app.task(
-        name=SWEEP_TASK, bind=True, base=SweepTask, resources=resources, ignore_result=True
+        name=SWEEP_TASK,
+        bind=True,
+        base=SweepTask,
+        resources=resources,
+        ignore_result=True,
+        shared=False,
     )(sweep)
     return tasks
 
@@ -45,5 +50,8 @@ def _payment_task(app: Celery, resources: ProcessResources, workflow: Workflow[A
         base=PaymentTask,
         workflow=workflow,
         resources=resources,
+        # Not shared: Celery would otherwise add these tasks, bound to this app's
+        # resources, to every other app built in the process (the benchmark's, a test's).
+        shared=False,
     )(deliver)
     return task
