@@ -49,11 +49,13 @@ class MaskedRequest(Request):  # type: ignore[misc]
 
 
 def readable(kwargs: Any, name: str) -> str | None:
-    """A kwarg's value if it is a plausible id (to name the event in logs and the ledger).
-    An event_id outside the contract's characters is still readable, so that the app finds
-    its refusal under the id it sent (logs show it escaped: tasks/logs.py)."""
+    """A kwarg's value if it is a plausible id (to name the event in logs and the ledger):
+    a printable string of 1-200 characters. An event_id outside the contract's characters
+    but printable (`заказ-1`) is still readable, so that the app finds its refusal under the
+    id it sent; one with control or invisible characters (NUL, ESC, a bidi override) is
+    not, so that it never becomes a key that terminals and tools would act on."""
     value = kwargs.get(name) if isinstance(kwargs, dict) else None
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and "\x00" not in value:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
         return value
     return None
 

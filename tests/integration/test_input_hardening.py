@@ -147,32 +147,36 @@ def test_a_message_of_100_kib_is_refused_by_its_size(send, engine, limits_worker
     assert "big-message-filler" not in limits_worker.log()
 
 
-def test_ids_with_control_characters_are_invalid_and_logged_escaped(
+def test_ids_with_control_characters_are_invalid_and_never_shown_raw(
     send, engine, stripe_fake, limits_worker
 ):
-    # Given messages whose user_id, or event_id, carries a terminal escape sequence, and
-    # one whose event_id is not latin-1 (it could never go into an Idempotency-Key header)
-    bad_user = _uid("in-esc-user")
+    # Given a message whose user_id carries a terminal escape sequence, one whose event_id
+    # is not latin-1 (it could never go into an Idempotency-Key header: it used to retry
+    # until dead), and one whose event_id carries an escape sequence
+    bad_user, foreign = _uid("in-esc-user"), _uid("in-заказ")
     bad_event = _uid("in-esc-evt") + "\x1b[2J\x1b[31m"
-    foreign = _uid("in-заказ")
     send("user_registered", event_id=bad_user, user_id="u\x1b[31m", email="e@example.com")
-    send("user_registered", event_id=bad_event, user_id="u1", email="e@example.com")
     send("user_registered", event_id=foreign, user_id="u1", email="e@example.com")
-    rows = _final(engine, bad_user, bad_event, foreign)
+    task_id = send("user_registered", event_id=bad_event, user_id="u1", email="e@example.com")
+    rows = _final(engine, bad_user, foreign)
 
-    # Then each is recorded as failed invalid_message under the id it was sent with (an
-    # unusable user_id is not recorded), and none reached Stripe
-    for event_id, field in ((bad_user, "user_id"), (bad_event, "event_id"),
-                            (foreign, "event_id")):
+    # Then the first two are recorded as failed invalid_message under the event_id sent
+    # (the unusable user_id as null), and neither reached Stripe
+    for event_id, field in ((bad_user, "user_id"), (foreign, "event_id")):
         row = rows[event_id]
         assert (row["status"], row["error_code"]) == ("failed", "invalid_message"), row
         assert row["error_message"].startswith(f"{field}: String should match pattern")
         assert _stripe_posts(stripe_fake, event_id) == []
     assert rows[bad_user]["user_id"] is None
-    # ... and the worker's log shows the escape sequences escaped, never raw
-    log = limits_worker.log()
-    assert "\x1b" not in log
-    assert "\\x1b[2J\\x1b[31m" in log
+    # ... the third cannot be a ledger key: its rejection is logged, and no row written
+    deadline = time.monotonic() + 15
+    while f"task_id={task_id}" not in limits_worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(f"task_id={task_id}" in line and "without a readable event_id" in line
+               for line in limits_worker.log().splitlines())
+    assert event_rows(engine, [bad_event]) == {}
+    # ... and the worker's log never shows an escape character raw
+    assert "\x1b" not in limits_worker.log()
 
 
 def test_two_thousand_unknown_kwargs_make_a_bounded_error(send, engine, limits_worker):
