@@ -15,6 +15,7 @@ from core.redact import secret_kind
 from tasks.messages import (
     MAX_PROBLEMS,
     MESSAGE_TYPES,
+    RESERVED_METADATA_KEYS,
     CardRemoved,
     CardTokenReceived,
     ChargeRequested,
@@ -361,10 +362,14 @@ def test_metadata_keys_with_square_brackets_are_refused(key):
     assert "metadata" in error
 
 
-def test_metadata_of_48_keys_of_40_characters_and_values_of_500_pass():
-    metadata = {f"{i:02d}".ljust(40, "k"): "v" * 500 for i in range(48)}
+def test_metadata_up_to_stripes_limits_passes():
+    # Given Stripe's 50 keys less ours, keys of 40 characters and values of 500
+    room = 50 - len(RESERVED_METADATA_KEYS)
+    metadata = {f"{i:02d}".ljust(40, "k"): "v" * 500 for i in range(room)}
+    # Then the metadata is accepted, and one key more is not
     message = parse_message("charge_requested", {**BASE, **CHARGE, "metadata": metadata})
-    assert isinstance(message, ChargeRequested) and len(message.metadata or {}) == 48
+    assert isinstance(message, ChargeRequested) and len(message.metadata or {}) == room
+    _invalid("charge_requested", **CHARGE, metadata={**metadata, "one-more": "v"})
 
 
 # ---- size and error bounds ---------------------------------------------------------------
