@@ -8,13 +8,16 @@ become ours in the gateway's one table (tasks/gateway.py), the only importer of 
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-# An error message kept in the ledger or a log line is cut to this many characters.
-MAX_ERROR_TEXT = 2000
+# An error text kept in the ledger (`error_message`, `last_error`) or written in a log line
+# is cut to this many bytes of UTF-8: a message with 2,000 unknown kwargs, or a library's
+# error quoting a whole request, must not put megabytes into a row or a log shipper.
+MAX_ERROR_TEXT = 4096
 
 
 class Disposition(enum.Enum):
@@ -62,7 +65,17 @@ class PermanentError(PayworkerError):
 
 
 class InvalidMessage(PermanentError):
+    """The message breaks the contract. `stored_payload`, when given, is what the ledger
+    keeps of it instead of its sanitised kwargs (refused free text replaced, an oversized
+    message summarised)."""
+
     code = "invalid_message"
+
+    def __init__(
+        self, message: str, *, stored_payload: dict[str, Any] | None = None, **context: Any
+    ) -> None:
+        super().__init__(message, **context)
+        self.stored_payload = stored_payload
 
 
 class CardDeclined(PermanentError):
@@ -196,19 +209,66 @@ class FlowerRefused(RuntimeError):
     """Flower would start with a configuration that exposes payment traffic."""
 
 
+def clip(text: str, limit: int = MAX_ERROR_TEXT, *, keep_end: bool = False) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, saying how long it was; `keep_end`
+    keeps its end instead of its start (a traceback's last lines name the error)."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    room = limit - len(f"… [cut: {len(encoded)} bytes]".encode())
+    if keep_end:
+        return f"[cut: {len(encoded)} bytes] …" + encoded[-room:].decode("utf-8", "ignore")
+    return encoded[:room].decode("utf-8", "ignore") + f"… [cut: {len(encoded)} bytes]"
+
+
+# A quoted string in a Postgres message: a value, or a name repeated in the diagnostics.
+_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
+
+
+def database_error_text(exc: DBAPIError) -> str:
+    """What a database error says, without the data. hide_parameters keeps the bound values
+    out of SQLAlchemy's text, but Postgres quotes values itself (`invalid input syntax for
+    type integer: "…"`, DETAIL `Failing row contains (…)` or `Key (user_id)=(…)`, CONTEXT
+    `JSON data, line 1: …`). Kept: the classes, the SQLSTATE, the primary message with its
+    quoted parts elided, and the table, column and constraint names."""
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if diag is None or not sqlstate:
+        # Not an answer of the server (connection refused or lost): the client's own words.
+        first = str(orig).strip().splitlines()
+        return f"{type(exc).__name__}: {first[0] if first else type(orig).__name__}"
+    primary = _QUOTED.sub('"…"', str(diag.message_primary or ""))
+    names = [
+        f"{label} {value}"
+        for label, value in (
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("constraint", diag.constraint_name),
+        )
+        if value
+    ]
+    where = f" ({', '.join(names)})" if names else ""
+    return f"{type(exc).__name__}: {type(orig).__name__} [{sqlstate}]: {primary}{where}"
+
+
 def translate(exc: BaseException) -> PayworkerError:
     """The one boundary for other libraries' exceptions: each becomes one of ours."""
     if isinstance(exc, PayworkerError):
         return exc
     if isinstance(exc, DataError):
         # Postgres refuses the values themselves: retrying cannot help.
-        return InvalidMessage(f"the message holds values Postgres cannot store: {exc.orig}")
+        return InvalidMessage(
+            f"the message holds values Postgres cannot store: {database_error_text(exc)}"
+        )
     if isinstance(exc, IntegrityError):
         # A constraint refused a write the code believed safe: a broken invariant, not an
         # outage. Retried within the budget (a race may have passed), then dead for a human.
-        return InternalError(f"internal_error: {type(exc).__name__}: {exc.orig}")
+        return InternalError(f"internal_error: {database_error_text(exc)}")
     if isinstance(exc, DBAPIError):
-        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
+        return DatabaseUnavailable(database_error_text(exc))
     if isinstance(exc, SoftTimeLimitExceeded):
         return TimeLimitReached(f"{type(exc).__name__}: {exc}")
     return InternalError(f"internal_error: {type(exc).__name__}: {exc}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/payworker"
 # Stripe forgets an idempotency key 24 hours after its first use; we stop trusting a key
@@ -22,12 +23,21 @@ MAX_DB_DOWN_PAUSE = 10.0
 STRIPE_TEST_RATE = 25.0
 STRIPE_LIVE_RATE = 100.0
 DEFAULT_RATE_HEADROOM = 0.9
+# PAYWORKER_USER_CHARGE_LIMIT counts a user's charges over this rolling window.
+USER_CHARGE_WINDOW_SECONDS = 3600
+# Stripe's own ceiling on an amount (eight digits of minor units).
+STRIPE_MAX_AMOUNT = 99_999_999
+_MAX_AMOUNT_ITEM = re.compile(r"([A-Za-z]{3})\s*:\s*([0-9]+)")
 
 
 class Settings(BaseSettings):
     """Every knob of payworker, read from the environment once per process."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # hide_input_in_errors: a refused setting's error names the variable, never echoes the
+    # environment (which holds STRIPE_API_KEY and DATABASE_URL's password).
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     broker_url: str = Field("redis://127.0.0.1:6379/0", alias="CELERY_BROKER_URL")
@@ -111,6 +121,64 @@ class Settings(BaseSettings):
     # plus two. Every worker process has its own pool: keep their sum below Postgres'
     # max_connections.
     db_pool_size: int | None = Field(None, alias="PAYWORKER_DB_POOL_SIZE", ge=1)
+
+    # ---- input limits (what a message may be, what a charge may do) ----------------------
+    # The largest message (its kwargs as JSON, in bytes) read at all; a larger one is
+    # refused as invalid_message before it is parsed.
+    max_message_bytes: int = Field(65536, alias="PAYWORKER_MAX_MESSAGE_BYTES", ge=1024)
+    # The largest charge per currency, in minor units ("usd:50000,eur:50000"); a currency
+    # not listed has no limit of ours. Unset or empty: no limit.
+    max_amount: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, alias="PAYWORKER_MAX_AMOUNT"
+    )
+    # The most charges (pending or succeeded) one user may have in a rolling hour; unset
+    # or empty: no limit.
+    user_charge_limit: int | None = Field(None, alias="PAYWORKER_USER_CHARGE_LIMIT", ge=1)
+
+    @field_validator("max_amount", mode="before")
+    @classmethod
+    def _parse_max_amount(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # given as an argument: checked as the variable is
+            value = ",".join(f"{currency}:{amount}" for currency, amount in value.items())
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            match = _MAX_AMOUNT_ITEM.fullmatch(item)
+            if match is None:
+                raise ValueError(
+                    "PAYWORKER_MAX_AMOUNT must be currency:amount pairs separated by commas,"
+                    f" amounts in minor units, e.g. usd:50000,eur:50000; got the item {item!r}"
+                )
+            currency, amount = match.group(1).lower(), int(match.group(2))
+            if currency in limits:
+                raise ValueError(f"PAYWORKER_MAX_AMOUNT names {currency} twice")
+            if not 0 < amount <= STRIPE_MAX_AMOUNT:
+                raise ValueError(
+                    f"PAYWORKER_MAX_AMOUNT for {currency} must be 1 to {STRIPE_MAX_AMOUNT}"
+                    f" (minor units), got {amount}"
+                )
+            limits[currency] = amount
+        return limits
+
+    @field_validator("user_charge_limit", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _live_key_goes_to_stripe_only(self) -> Settings:
+        # A live key sent to another host is a leaked key: STRIPE_API_BASE is for a local
+        # fake or a test proxy, and only ever with a test key.
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        if self.stripe_api_base and key.startswith(("sk_live_", "rk_live_")):
+            raise ValueError(
+                "STRIPE_API_BASE is set while STRIPE_API_KEY is a live key: a live key is only"
+                " ever sent to Stripe itself. Unset STRIPE_API_BASE, or use a test key"
+            )
+        return self
+
+    # ---- end of input limits ----------------------------------------------------------------
 
     @field_validator("database_url")
     @classmethod

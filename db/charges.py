@@ -8,10 +8,10 @@ per charge."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, select, update
+from sqlalchemy import Connection, Interval, Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from db.models import Charge, ChargeStatus
@@ -69,6 +69,19 @@ _OUTCOME = (
 )
 
 
+# A user's charges that count against PAYWORKER_USER_CHARGE_LIMIT: created within the
+# window and not failed. `now()` is the transaction's start, as in the rows' created_at.
+_RECENT = (
+    select(func.count())
+    .select_from(CHARGES)
+    .where(
+        CHARGES.c.user_id == bindparam("user_id"),
+        CHARGES.c.status.in_([ChargeStatus.PENDING, ChargeStatus.SUCCEEDED]),
+        CHARGES.c.created_at > func.now() - bindparam("window", type_=Interval()),
+    )
+)
+
+
 @dataclass(frozen=True)
 class Source:
     """The customer of a user and a card it names (or its default): None where missing."""
@@ -99,6 +112,14 @@ def source(conn: Connection, user_id: str, card_id: str | None) -> Source | None
         query, params = _DEFAULT_CARD, {"user_id": user_id}
     row = conn.execute(query, params).one_or_none()
     return Source(**row._mapping) if row is not None else None
+
+
+def recent_count(conn: Connection, user_id: str, window_seconds: int) -> int:
+    """The user's pending and succeeded charges created in the last `window_seconds`. Take
+    the user's lock first (db/users.py lock_user) when the count decides a new charge: two
+    concurrent charges then count one after the other, each seeing the other's row."""
+    params = {"user_id": user_id, "window": timedelta(seconds=window_seconds)}
+    return int(conn.execute(_RECENT, params).scalar_one())
 
 
 def add_pending(

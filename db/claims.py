@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
-from core.errors import IdempotencyConflict
+from core.errors import IdempotencyConflict, clip
 from core.redact import redact, sanitize
 from db import ledger_sql as sql
 from db.ledger import STARTED, Claim, now
@@ -175,24 +175,30 @@ def record_invalid(
     error: str,
     *,
     queue: str,
+    stored: dict[str, Any] | None = None,
 ) -> bool:
     """Store a message that failed validation as a failed event; False if a duplicate.
+    The ledger keeps `stored` (the message with refused free text replaced, or a summary)
+    when given, else the kwargs, sanitised either way. The payload hash is taken over that
+    stored copy: a hash of the raw message could be searched for a refused card number
+    (a PAN has too few unknown digits to hide in a plain sha256).
 
     Raises:
         IdempotencyConflict: the event_id is known with another payload.
     """
-    digest = _raw_digest(message_type, kwargs)
+    payload = sanitize(kwargs if stored is None else stored)
+    digest = _raw_digest(message_type, payload)
     inserted = conn.execute(
         insert(_events)
         .values(
             event_id=event_id,
             type=message_type,
             user_id=user_id,
-            payload=sanitize(kwargs),
+            payload=payload,
             payload_hash=digest,
             status=EventStatus.FAILED,
             error_code="invalid_message",
-            error_message=redact(error),
+            error_message=clip(redact(error)),
             recovery_point=STARTED,
             progress={},
             completed_at=now(),
@@ -213,8 +219,8 @@ def record_invalid(
     return False
 
 
-def _raw_digest(message_type: str, kwargs: dict[str, Any]) -> str:
+def _raw_digest(message_type: str, payload: Any) -> str:
     body = json.dumps(
-        {"type": message_type, "raw": kwargs}, sort_keys=True, default=repr, separators=(",", ":")
+        {"type": message_type, "raw": payload}, sort_keys=True, default=repr, separators=(",", ":")
     )
     return hashlib.sha256(body.encode()).hexdigest()

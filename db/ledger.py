@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from core.errors import MAX_ERROR_TEXT, LeaseLost
+from core.errors import LeaseLost, clip
 from core.redact import redact
 from db import ledger_sql as sql
 from db.models import EventStatus
@@ -142,7 +142,7 @@ def release(conn: Connection, claim: Claim, *, retry_at: datetime, error: str) -
         LeaseLost: another worker owns the event now, or it is already finished.
     """
     values = {
-        "last_error": redact(error)[:MAX_ERROR_TEXT],
+        "last_error": clip(redact(error)),
         "locked_by": None,
         "locked_until": None,
         "next_attempt_at": retry_at,
@@ -162,7 +162,7 @@ def _final(
         "status": status,
         "result": result,
         "error_code": code,
-        "error_message": redact(message) if message else None,
+        "error_message": clip(redact(message)) if message else None,
         "completed_at": now(),
         "locked_by": None,
         "locked_until": None,

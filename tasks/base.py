@@ -25,7 +25,14 @@ from core.redact import safe_repr
 from core.settings import MAX_DB_DOWN_PAUSE
 from db import claims
 from tasks.logs import EventLog
-from tasks.messages import CardTokenReceived, Message, parse_message
+from tasks.messages import (
+    MAX_ID_LENGTH,
+    CardTokenReceived,
+    Message,
+    check_size,
+    is_valid_id,
+    parse_message,
+)
 from tasks.phases import Workflow
 from tasks.resources import ProcessResources, Resources
 from tasks.runner import Outcome, run_event
@@ -42,11 +49,21 @@ class MaskedRequest(Request):  # type: ignore[misc]
 
 
 def readable(kwargs: Any, name: str) -> str | None:
-    """A kwarg's value if it is a plausible id (to name the event in logs and the ledger)."""
+    """A kwarg's value if it is a plausible id (to name the event in logs and the ledger):
+    a printable string of 1-200 characters. An event_id outside the contract's characters
+    but printable (`заказ-1`) is still readable, so that the app finds its refusal under the
+    id it sent; one with control or invisible characters (NUL, ESC, a bidi override) is
+    not, so that it never becomes a key that terminals and tools would act on."""
     value = kwargs.get(name) if isinstance(kwargs, dict) else None
-    if isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
         return value
     return None
+
+
+def valid_id(kwargs: Any, name: str) -> str | None:
+    """A kwarg's value if it is an id as the contract allows (tasks/messages.py ID_PATTERN)."""
+    value = readable(kwargs, name)
+    return value if value is not None and is_valid_id(value) else None
 
 
 class LedgerTask(Task):  # type: ignore[misc]
@@ -103,6 +120,7 @@ class PaymentTask(LedgerTask):
         log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)
         try:
             res = self.resources.get()
+            check_size(kwargs, res.settings.max_message_bytes)
             if args:
                 raise InvalidMessage(
                     f"messages take keyword arguments only; got {len(args)} positional"
@@ -153,10 +171,11 @@ class PaymentTask(LedgerTask):
                     conn,
                     self.workflow.message_type,
                     event_id,
-                    readable(kwargs, "user_id"),
+                    valid_id(kwargs, "user_id"),
                     kwargs if isinstance(kwargs, dict) else {"raw": kwargs},
                     exc.message,
                     queue=res.settings.queue,
+                    stored=exc.stored_payload,
                 )
         except IdempotencyConflict as conflict:
             log.error("idempotency conflict", error=conflict.message)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import stripe
+import stripe._util
 
 from core.errors import (
     CardDeclined,
@@ -110,6 +111,7 @@ class StripeGateway:
     ) -> StripeGateway:
         """A gateway with its own HTTP client and timeout (no module globals); every request
         waits for a slot from `limiter` and is reported to `observer`."""
+        _silence_sdk_console()
         http_client = LimitedRequestsClient(timeout=timeout, limiter=limiter, observer=observer)
         client = stripe.StripeClient(
             api_key,
@@ -228,6 +230,15 @@ class StripeGateway:
                 options={"idempotency_key": key},
             )
         return _charge(charge)
+
+
+def _silence_sdk_console() -> None:
+    """Stop the SDK printing its request log to stderr. With `STRIPE_LOG=debug` (or `info`)
+    in the environment, or `stripe.log` set, it prints every request's parameters (card
+    tokens, descriptions) straight to stderr, past our redacting log filter. Its lines still
+    reach the `stripe` logger, through our handlers, redacted."""
+    stripe.log = None
+    stripe._util.STRIPE_LOG = None  # read from the environment when the SDK is imported
 
 
 @contextmanager

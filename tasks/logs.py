@@ -5,15 +5,38 @@ shippers, or a readable console format on a terminal."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
+from core.errors import clip
 from core.redact import redact
 
 _NAME = "payworker"
+
+# Characters a terminal or a log viewer acts on rather than shows: C0 and C1 controls (ESC
+# starts a terminal escape sequence) and the invisible format characters, bidi overrides
+# included, that reorder or hide text. A message's ids and texts reach log lines.
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"
+_INVISIBLE = "\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+_UNPRINTABLE = re.compile(f"[\t\n{_CONTROLS}{_INVISIBLE}]")
+# A traceback keeps its line breaks and indentation.
+_UNPRINTABLE_IN_TRACEBACK = re.compile(f"[{_CONTROLS}{_INVISIBLE}]")
+
+
+def printable(text: str, *, traceback: bool = False) -> str:
+    """`text` with unprintable characters written as escapes (`\\x1b`, `\\u202e`)."""
+    pattern = _UNPRINTABLE_IN_TRACEBACK if traceback else _UNPRINTABLE
+    return pattern.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+def log_text(text: str, *, traceback: bool = False) -> str:
+    """What a log line shows of `text`: redacted, printable, at most MAX_ERROR_TEXT bytes (of
+    a traceback, its end: the error)."""
+    return clip(printable(redact(text), traceback=traceback), keep_end=traceback)
 
 
 def _redact_values(
@@ -21,12 +44,13 @@ def _redact_values(
 ) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if isinstance(value, str):
-            event[key] = redact(value)
+            event[key] = log_text(value, traceback=key == "exception")
     return event
 
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: mask tokens and keys in any record, ours or a library's."""
+    """Last line of defence: mask tokens and keys in any record, ours or a library's, and
+    bound it (MAX_ERROR_TEXT bytes of message, and of traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, dict):
@@ -35,16 +59,16 @@ class RedactingFilter(logging.Filter):
             text = record.getMessage()
         except Exception:  # a malformed record is the library's bug; do not drop it
             return True
-        record.msg, record.args = redact(text), None
+        record.msg, record.args = log_text(text), None
         # Render the traceback now, so the handler prints our redacted copy: a traceback
         # can quote a task's arguments.
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = log_text(record.exc_text, traceback=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = log_text(record.stack_info, traceback=True)
         return True
 
 

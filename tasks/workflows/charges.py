@@ -1,6 +1,10 @@
 """charge_requested: validate, record a pending charge, charge once, record the outcome.
 
 started ──(pending charges row)──> charge_creating ──(Stripe: create)──> succeeded | failed
+
+At `started` the business limits apply too, before anything reaches Stripe: the largest
+amount per currency (PAYWORKER_MAX_AMOUNT, `amount_over_limit`) and the most charges per
+user in a rolling hour (PAYWORKER_USER_CHARGE_LIMIT, `velocity_limit`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from core.errors import CardDeclined, PermanentError, PrerequisiteMissing, StripeNotFound
+from core.settings import USER_CHARGE_WINDOW_SECONDS
 from db import charges, users
 from db.ledger import STARTED
 from db.models import ChargeStatus
@@ -48,12 +53,48 @@ ChargeRun = Run[ChargeRequested, ChargeProgress]
 
 
 def _check_amount(run: ChargeRun) -> None:
-    check_charge_amount(run.message.amount, run.message.currency)
+    """Stripe's amount rules, then our own ceiling for the currency.
+
+    Raises:
+        PermanentError: the money rules' codes (tasks/money.py), or `amount_over_limit`.
+    """
+    msg = run.message
+    check_charge_amount(msg.amount, msg.currency)
+    limit = run.settings.max_amount.get(msg.currency)
+    if limit is not None and msg.amount > limit:
+        raise PermanentError(
+            f"amount {msg.amount} is over the {msg.currency.upper()} limit of {limit}"
+            " (PAYWORKER_MAX_AMOUNT)",
+            code="amount_over_limit",
+        )
+
+
+def _over_velocity_limit(run: ChargeRun, conn: Connection) -> PermanentError | None:
+    """`velocity_limit` when the user already has PAYWORKER_USER_CHARGE_LIMIT charges
+    (pending or succeeded) from the last hour. Counted under the user's lock, which is held
+    until this transaction, and the pending row it writes, commit: a concurrent charge of
+    the same user counts after it."""
+    limit = run.settings.user_charge_limit
+    if limit is None:
+        return None
+    users.lock_user(conn, run.message.user_id)
+    count = charges.recent_count(conn, run.message.user_id, USER_CHARGE_WINDOW_SECONDS)
+    if count < limit:
+        return None
+    return PermanentError(
+        f"the user has {count} charges pending or succeeded in the last hour; the limit is"
+        f" {limit} (PAYWORKER_USER_CHARGE_LIMIT)",
+        code="velocity_limit",
+    )
 
 
 def _record_pending(run: ChargeRun, conn: Connection, _: None) -> Step:
-    """Choose the customer and card, and write the pending charges row."""
+    """Check the user's charge rate, choose the customer and card, and write the pending
+    charges row."""
     msg = run.message
+    over_limit = _over_velocity_limit(run, conn)
+    if over_limit is not None:
+        return Fail(over_limit)
     customer_id, card_id = _source(conn, msg)
     charges.add_pending(
         conn,

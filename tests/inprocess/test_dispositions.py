@@ -140,7 +140,7 @@ def test_the_last_transient_error_of_the_budget_buries_the_event(
         (
             OperationalError("SELECT 1", {}, Exception("server closed the connection")),
             "database",
-            "OperationalError: (builtins.Exception) server closed the connection",
+            "OperationalError: server closed the connection",
         ),
     ],
     ids=["bug", "soft-time-limit", "database"],

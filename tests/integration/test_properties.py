@@ -71,9 +71,10 @@ positional = st.one_of(st.none(), st.none(), st.none(), st.lists(json_values, mi
 
 
 def _is_readable(value: Any) -> bool:
-    """The contract's event_id: a string of 1-200 characters. One with a NUL character
-    cannot be a Postgres key, so it counts as unreadable (logged, no row)."""
-    return isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value
+    """An event_id a refusal can be recorded under: a printable string of 1-200 characters.
+    One with a control or invisible character (NUL, ESC, a bidi override) counts as
+    unreadable (logged, no row)."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
 
 
 class Batch:
