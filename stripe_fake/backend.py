@@ -9,26 +9,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import localstripe.resources as _res  # type: ignore[import-untyped,unused-ignore]
-import localstripe.webhooks as _webhooks  # type: ignore[import-untyped,unused-ignore]
 from aiohttp import web
 
-
-def _no_disk(self: Any, *args: Any, **kwargs: Any) -> None:
-    """Replacement for Store.dump_to_disk / Store.try_load_from_disk."""
-
-
-# Must happen before anything writes to the store: Store.__setitem__ and
-# __delitem__ pickle the whole store to /tmp/localstripe.pickle on *every*
-# write (slow, and shared between runs/processes). Patching the class covers
-# the module-level `store` instance too. We also never load an old pickle.
-_res.Store.dump_to_disk = _no_disk
-_res.Store.try_load_from_disk = _no_disk
-
-# Imported only after the patch: importing the server builds localstripe's
-# global app, whose save_store_middleware would otherwise dump too (we do not
-# reuse that middleware anyway).
-import localstripe.server as _server  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+from .localstripe_ext import res as _res
+from .localstripe_ext import server as _server
+from .localstripe_ext import webhooks as _webhooks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
