@@ -15,6 +15,7 @@ X-Fake-Control header):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import backend
+from . import backend, payment_intents, setup_intents
 from .faults import Fault, FaultRegistry, FaultSpecError, error_body
 from .idempotency import (
     IN_USE_MESSAGE,
@@ -249,6 +250,27 @@ async def post_reset(request: web.Request) -> web.Response:
     return _json(200, {"ok": True})
 
 
+async def _success_of(request: web.Request) -> bool:
+    """`{"success": bool}` (default true) from a control call's JSON body."""
+    raw = await request.read()
+    body = json.loads(raw) if raw.strip() else {}
+    success = body.get("success", True) if isinstance(body, dict) else None
+    if not isinstance(success, bool):
+        raise backend.UserError(400, 'expected a JSON body {"success": true|false}')
+    return success
+
+
+async def post_authenticate_payment_intent(request: web.Request) -> web.Response:
+    """The customer completes (success) or fails 3-D Secure on-session."""
+    pi = payment_intents.authenticate(request.match_info["id"], await _success_of(request))
+    return _json(200, pi._export())
+
+
+async def post_authenticate_setup_intent(request: web.Request) -> web.Response:
+    si = setup_intents.authenticate(request.match_info["id"], await _success_of(request))
+    return _json(200, si._export())
+
+
 async def get_health(request: web.Request) -> web.Response:
     return _json(200, {"ok": True})
 
@@ -264,5 +286,7 @@ def make_app() -> web.Application:
     r.add_post("/_fake/faults", post_faults)
     r.add_delete("/_fake/faults", delete_faults)
     r.add_post("/_fake/reset", post_reset)
+    r.add_post("/_fake/payment_intents/{id}/authenticate", post_authenticate_payment_intent)
+    r.add_post("/_fake/setup_intents/{id}/authenticate", post_authenticate_setup_intent)
     backend.add_routes(r)
     return app

@@ -9,26 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import localstripe.resources as _res  # type: ignore[import-untyped,unused-ignore]
-import localstripe.webhooks as _webhooks  # type: ignore[import-untyped,unused-ignore]
 from aiohttp import web
 
-
-def _no_disk(self: Any, *args: Any, **kwargs: Any) -> None:
-    """Replacement for Store.dump_to_disk / Store.try_load_from_disk."""
-
-
-# Must happen before anything writes to the store: Store.__setitem__ and
-# __delitem__ pickle the whole store to /tmp/localstripe.pickle on *every*
-# write (slow, and shared between runs/processes). Patching the class covers
-# the module-level `store` instance too. We also never load an old pickle.
-_res.Store.dump_to_disk = _no_disk
-_res.Store.try_load_from_disk = _no_disk
-
-# Imported only after the patch: importing the server builds localstripe's
-# global app, whose save_store_middleware would otherwise dump too (we do not
-# reuse that middleware anyway).
-import localstripe.server as _server  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+from . import cards, charges, payment_intents, payment_methods, refunds, setup_intents
+from .common import card_error
+from .localstripe_ext import res as _res
+from .localstripe_ext import server as _server
+from .localstripe_ext import webhooks as _webhooks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,12 +29,14 @@ _original_add_source = Customer._api_add_source
 
 
 def _add_source(id: str, source: Any = None, metadata: Any = None, **kwargs: Any) -> Any:
-    """Customer._api_add_source, closer to Stripe in two ways.
+    """Customer._api_add_source, closer to Stripe in three ways.
 
     * accepts `metadata` (localstripe: 400 "Unexpected metadata");
     * a token can be used once (Stripe: 400 token_already_used).
       localstripe would attach the *same* card object again, giving the
-      customer two list entries with one id.
+      customer two list entries with one id;
+    * a card the card check declines answers the test card's code and
+      `decline_code` (localstripe: card_declined, no decline code).
     """
     if metadata is not None and not isinstance(metadata, dict):
         raise UserError(400, "Bad request")
@@ -60,6 +49,13 @@ def _add_source(id: str, source: Any = None, metadata: Any = None, **kwargs: Any
                 f"You cannot use a Stripe token more than once: {source}.",
                 {"code": "token_already_used", "param": "source"},
             )
+    number = token.card._card_number if token is not None else None
+    if isinstance(source, dict):
+        number = str(source.get("number"))
+    profile = cards.card_for(number or "")
+    if profile.decline is not None and profile.checked_on_attach:
+        decline = profile.decline
+        raise card_error(decline.message, decline.code, decline.decline_code, param="source")
     card = _original_add_source(id, source=source, **kwargs)
     if token is not None:
         token._used = True  # '_' attributes are not exported by localstripe
@@ -96,10 +92,13 @@ class _CustomerUpdate:
     """POST /v1/customers/{id}, refusing a `default_source` the customer
     does not have (as Stripe does, 400 resource_missing). localstripe
     stores it, and from then on every read of that customer, every charge
-    to it and every customer list crashes with a 500."""
+    to it and every customer list crashes with a 500. Likewise an
+    `invoice_settings[default_payment_method]` not attached to the customer
+    (localstripe: any pm_ id, even a missing one)."""
 
     @staticmethod
     def _api_update(id: str, **data: Any) -> Any:
+        payment_methods.check_default_payment_method(id, data)
         wanted = data.get("default_source")
         if wanted:
             customer = Customer._api_retrieve(id)
@@ -120,7 +119,26 @@ _OVERRIDES: dict[tuple[str, str], Handler] = {
         _list_sources, "/v1/customers/{id}/sources"
     ),
     ("POST", "/v1/customers/{id}"): _server.api_update(_CustomerUpdate, "/v1/customers/{id}"),
+    **payment_methods.ROUTES,
+    **setup_intents.ROUTES,
+    **payment_intents.ROUTES,
+    **charges.ROUTES,
+    **refunds.ROUTES,
 }
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """localstripe's UserError as JSON; a 402 is a `card_error` (localstripe
+    labels every error invalid_request_error)."""
+    try:
+        return await handler(request)
+    except UserError as e:
+        error = e.body["error"]
+        if e.code == 402 and error.get("type") == "invalid_request_error":
+            error["type"] = "card_error"
+        response: web.StreamResponse = e.to_response()
+        return response
 
 
 @web.middleware
@@ -134,8 +152,8 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 # localstripe's own middlewares minus save_store_middleware (disk dumps).
-# error_middleware turns its UserError into JSON; auth gives 401.
-MIDDLEWARES: list[Any] = [_server.error_middleware, _auth_middleware]
+# The error middleware turns its UserError into JSON; auth gives 401.
+MIDDLEWARES: list[Any] = [_error_middleware, _auth_middleware]
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

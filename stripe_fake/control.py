@@ -207,6 +207,19 @@ class FakeStripe:
     def clear_faults(self) -> None:
         self._request("DELETE", "/_fake/faults")
 
+    def authenticate_payment_intent(self, pi_id: str, success: bool = True) -> dict[str, Any]:
+        """Play the customer completing (or failing) 3-D Secure for a
+        PaymentIntent in requires_action; returns the PaymentIntent."""
+        path = f"/_fake/payment_intents/{_q(pi_id)}/authenticate"
+        result: dict[str, Any] = self._request("POST", path, json_body={"success": success})
+        return result
+
+    def authenticate_setup_intent(self, si_id: str, success: bool = True) -> dict[str, Any]:
+        """Likewise for a SetupIntent in requires_action."""
+        path = f"/_fake/setup_intents/{_q(si_id)}/authenticate"
+        result: dict[str, Any] = self._request("POST", path, json_body={"success": success})
+        return result
+
     # ---- direct Stripe reads (not logged, no faults) ---------------------
 
     def get_customer(self, customer_id: str) -> dict[str, Any]:
@@ -218,6 +231,23 @@ class FakeStripe:
 
     def list_charges(self, customer_id: str) -> list[dict[str, Any]]:
         return self._list_all("/v1/charges", {"customer": customer_id})
+
+    def get_payment_intent(self, pi_id: str) -> dict[str, Any]:
+        intent: dict[str, Any] = self._stripe("GET", f"/v1/payment_intents/{_q(pi_id)}")
+        return intent
+
+    def list_payment_intents(self, customer_id: str) -> list[dict[str, Any]]:
+        return self._list_all("/v1/payment_intents", {"customer": customer_id})
+
+    def list_payment_methods(self, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's card PaymentMethods (legacy card sources included)."""
+        return self._list_all(f"/v1/customers/{_q(customer_id)}/payment_methods", {"type": "card"})
+
+    def list_refunds(
+        self, payment_intent: str | None = None, charge: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("payment_intent", payment_intent), ("charge", charge)) if v}
+        return self._list_all("/v1/refunds", query)
 
     def list_cards(self, customer_id: str) -> list[dict[str, Any]]:
         return self._list_all(f"/v1/customers/{_q(customer_id)}/sources", {"object": "card"})

@@ -125,12 +125,18 @@ def test_declines(fake: FakeStripe, client: stripe.StripeClient) -> None:
         client.v1.customers.payment_sources.create(
             cus.id, {'source': fake.create_card_token('4000000000000002')})
     assert at_attach.value.code == 'card_declined'
+    assert at_attach.value.error is not None
+    assert at_attach.value.error.type == 'card_error'
+    assert at_attach.value.error.decline_code == 'generic_decline'
     late = client.v1.customers.payment_sources.create(
         cus.id, {'source': fake.create_card_token('4000000000000341')})
     with pytest.raises(stripe.CardError) as at_charge:
         client.v1.charges.create({'customer': cus.id, 'source': late.id,
                                   'amount': 500, 'currency': 'usd'})
     assert at_charge.value.code == 'card_declined'
+    assert at_charge.value.error is not None
+    assert at_charge.value.error.decline_code == 'generic_decline'
+    assert at_charge.value.error.charge
     # The failed charge is stored.
     assert [c['status'] for c in fake.list_charges(cus.id)] == ['failed']
 
