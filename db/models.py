@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -77,6 +78,13 @@ class PaymentEvent(Base):
             "queue",
             "next_attempt_at",
             postgresql_where=text("status IN ('received', 'processing')"),
+        ),
+        # The token-expiry duty's question: which kept card tokens of my queue are old?
+        Index(
+            "ix_payment_events_sealed",
+            "queue",
+            "created_at",
+            postgresql_where=text("sealed_token IS NOT NULL"),
         ),
     )
 
@@ -188,6 +196,29 @@ class Charge(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64))
     failure_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Duty(Base):
+    """A periodic duty of one queue's workers (the sweep, the token expiry): who leads it,
+    and how its last run went. Written by the leader; read by `payworker status`."""
+
+    __tablename__ = "payworker_duties"
+
+    queue: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The worker that holds the queue's leadership ("nodename:pid"); null once it stepped
+    # down cleanly.
+    leader: Mapped[str | None] = mapped_column(String(255))
+    leader_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # How often the leader runs it, so that a reader can tell a late run from a due one.
+    period_seconds: Mapped[float] = mapped_column(Float)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

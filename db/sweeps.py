@@ -1,4 +1,5 @@
-"""The sweeper's statement: take the unfinished events of a queue that are due again."""
+"""The periodic duties' statements: take the unfinished events of a queue that are due
+again (the sweep), and erase card tokens kept too long (the token expiry)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ UNCLAIMED = "unclaimed"  # recorded but never picked up: its message was lost
 
 @dataclass(frozen=True)
 class Due:
+    """An event to publish again: its re-drive message names the event's own task."""
+
     event_id: str
     reason: str
+    type: str
+    user_id: str | None
 
 
 def take_due(
@@ -62,6 +67,28 @@ def take_due(
             next_attempt_at=moment + timedelta(seconds=grace_seconds),
             redrives=e.redrives + 1,
         )
-        .returning(e.event_id, due.c.reason)
+        .returning(e.event_id, due.c.reason, e.type, e.user_id)
     )
-    return [Due(row.event_id, row.reason) for row in rows]
+    return [Due(row.event_id, row.reason, row.type, row.user_id) for row in rows]
+
+
+def erase_sealed_tokens(conn: Connection, queue: str, received_before: datetime) -> int:
+    """Erase the sealed card tokens of `queue`'s events that no longer need one: final
+    and not dead (erased when they finish; this catches any left behind), or first
+    received before `received_before` whatever their status. Returns how many. A dead
+    event erased here can no longer be replayed at a point that needs its token: the
+    replay refuses it. `updated_at` is kept: erasing is no change of the event's course."""
+    e = EVENTS.c
+    erased = conn.execute(
+        update(EVENTS)
+        .where(
+            e.queue == queue,
+            e.sealed_token.is_not(None),
+            or_(
+                e.status.in_([EventStatus.SUCCEEDED, EventStatus.FAILED]),
+                e.created_at < received_before,
+            ),
+        )
+        .values(sealed_token=None, updated_at=e.updated_at)
+    )
+    return int(erased.rowcount or 0)

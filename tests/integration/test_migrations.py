@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from db.migrate import alembic_config, migrate
+from db.migrate import alembic_config, create_database_if_missing, migrate
 from db.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,5 +180,58 @@ def test_downgrade_to_base_and_upgrade_again(fresh_db):
         # Then it is at head and matches the models again
         assert _version(engine) == _head(url)
         assert _schema_diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0002_adds_the_duties_table_to_a_ledger_in_use_and_removes_it_again(fresh_db):
+    # Given a database at 0001 with an event that keeps a sealed card token
+    _, url = fresh_db
+    create_database_if_missing(url)
+    config = alembic_config(url)
+    command.upgrade(config, "0001")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO payment_events (event_id, type, user_id, payload, payload_hash,"
+                " status, recovery_point, progress, queue, sealed_token)"
+                " VALUES ('e1', 'card_token_received', 'u1', '{}', 'h', 'dead',"
+                " 'card_attaching', '{}', 'payments', 'sealed')"
+            ))
+        # When it is upgraded to 0002
+        command.upgrade(config, "0002")
+        # Then the duties table is there, empty, keyed by queue and duty, and the event kept
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT count(*) FROM payworker_duties")).scalar() == 0
+            conn.execute(text(
+                "INSERT INTO payworker_duties (queue, name, leader, leader_since,"
+                " period_seconds) VALUES ('payments', 'sweep', 'w@h:1', now(), 5)"
+            ))
+            assert conn.execute(text(
+                "SELECT sealed_token FROM payment_events WHERE event_id = 'e1'"
+            )).scalar() == "sealed"
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO payworker_duties (queue, name, period_seconds)"
+                " VALUES ('payments', 'sweep', 5)"
+            ))
+        indexes = {i["name"]: i for i in inspect(engine).get_indexes("payment_events")}
+        sealed = indexes["ix_payment_events_sealed"]
+        assert sealed["column_names"] == ["queue", "created_at"]
+        assert "sealed_token IS NOT NULL" in str(sealed["dialect_options"]["postgresql_where"])
+        # When it is downgraded to 0001
+        command.downgrade(config, "0001")
+        # Then the table and the index are gone, and the ledger is untouched
+        assert "payworker_duties" not in inspect(engine).get_table_names()
+        assert "ix_payment_events_sealed" not in {
+            i["name"] for i in inspect(engine).get_indexes("payment_events")
+        }
+        with engine.connect() as conn:
+            assert _version(conn.engine) == "0001"
+            assert conn.execute(text("SELECT count(*) FROM payment_events")).scalar() == 1
+        # and upgrading again reaches head
+        command.upgrade(config, "head")
+        assert _version(engine) == _head(url) and _schema_diff(engine) == []
     finally:
         engine.dispose()
