@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(90, alias="PAYWORKER_LEASE_SECONDS", ge=2)
     # The sweeper's period: it publishes due retries and re-drives abandoned events.
     sweep_seconds: float = Field(5.0, alias="PAYWORKER_SWEEP_SECONDS", gt=0)
+    # -- periodic duties (the sweep, the token expiry): one worker per queue leads them --
+    # A card token kept sealed for a re-drive is erased this long after its event was first
+    # received, whatever the event's status: a dead card event older than this cannot be
+    # replayed at a point that needs the token.
+    sealed_token_ttl_hours: float = Field(72.0, alias="PAYWORKER_SEALED_TOKEN_TTL_HOURS", gt=0)
     # Redis redelivers an unacked message after this. No message of ours carries a
     # countdown, so it only has to outlast one task run.
     visibility_timeout: int = Field(300, alias="PAYWORKER_VISIBILITY_TIMEOUT", ge=10)
@@ -248,6 +253,11 @@ class Settings(BaseSettings):
     def redrive_after_seconds(self) -> float:
         """How long a re-driven event may wait for its message before the next re-drive."""
         return float(self.lease_seconds)
+
+    def duty_stale_after(self, period: float) -> float:
+        """A periodic duty that has not run for this long has no working leader: three of
+        its periods, plus a lease (a vanished leader's session ends within one)."""
+        return 3 * period + self.lease_seconds
 
     @property
     def metrics_path(self) -> str:

@@ -34,8 +34,18 @@ from tasks.messages import (
     parse_message,
 )
 from tasks.phases import Workflow
+from tasks.redrive import resume
 from tasks.resources import ProcessResources, Resources
 from tasks.runner import Outcome, run_event
+
+# A payment task's message with this header is a re-drive (published by the sweeper or a
+# replay): it names its event only, and the event resumes from the ledger.
+REDRIVE_HEADER = "payworker_redrive"
+
+
+def redrive_requested(request: Any) -> bool:
+    """Whether this delivery is a re-drive: its message carries REDRIVE_HEADER."""
+    return bool(request.get(REDRIVE_HEADER))
 
 
 class MaskedRequest(Request):  # type: ignore[misc]
@@ -97,6 +107,11 @@ class LedgerTask(Task):  # type: ignore[misc]
         """Who holds an event's lease while this run works on it."""
         return f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
 
+    def redrive(self, event_id: Any) -> Outcome:
+        """Resume one event from the ledger (tasks/redrive.py)."""
+        log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)
+        return resume(self.resources, event_id, self.owner(), log)
+
     def hand_back(self, log: EventLog, *, reason: str) -> Outcome:
         """Requeue this message after a short pause (a pause in the worker, not a broker
         countdown: nothing is held past the visibility timeout). For a message that has no
@@ -115,6 +130,8 @@ class PaymentTask(LedgerTask):
 
     def handle(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
         """Process one delivery; raises Reject, InvalidMessage or IdempotencyConflict."""
+        if redrive_requested(self.request):
+            return self.redrive(readable(kwargs, "event_id"))
         message_type = self.workflow.message_type
         event_id = readable(kwargs, "event_id")
         log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)

@@ -1,110 +1,135 @@
-"""Tasks of payworker itself (not of the upstream contract): the periodic sweep and the
-re-drive of one event from the ledger."""
+"""payworker's own periodic duties, which one worker per queue runs for all of them (the
+worker layer's leader, worker/leader.py): the sweep, which publishes due retries and
+abandoned events again, and the expiry of kept card tokens. Neither is a Celery task: a
+task every few seconds would crowd the payments operators look for out of Flower.
+
+Also the tasks of older versions, kept so that messages they queued still work:
+`payworker.redrive` (resume one event) and `payworker.sweep` (one sweep pass)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
 
 from celery import Celery, Task
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from core.settings import Settings
-from db import claims, ledger
-from tasks.base import LedgerTask
+from db import sweeps
+from db.ledger import now
+from tasks.base import REDRIVE_HEADER, LedgerTask
 from tasks.logs import EventLog
-from tasks.messages import MESSAGE_TYPES, Message
 from tasks.resources import ProcessResources
-from tasks.runner import Outcome, run_event
-from tasks.sealing import TokenSealer
-from tasks.sweeper import SweepReport, sweep
-from tasks.workflows import WORKFLOWS
+from tasks.sweeper import Redrive, SweepReport, sweep
+from tasks.telemetry import Telemetry
 
 REDRIVE_TASK = "payworker.redrive"
 SWEEP_TASK = "payworker.sweep"
 
+# Kept card tokens are few (events waiting for their customer, dead card events), and
+# erasing one a minute past its TTL changes nothing: once a minute is enough.
+TOKEN_EXPIRY_SECONDS = 60.0
+
+
+def redrive_publisher(celery_app: Celery, queue: str, producer: Any) -> Callable[[Redrive], None]:
+    """Publishes re-drives on `queue`: the event's own payment task, marked as a re-drive."""
+
+    def publish(target: Redrive) -> None:
+        celery_app.send_task(
+            target.task_name,
+            kwargs=target.kwargs,
+            queue=queue,
+            producer=producer,
+            headers={REDRIVE_HEADER: True},
+        )
+
+    return publish
+
+
+def sweep_in(celery_app: Celery, settings: Settings, conn: Connection) -> SweepReport:
+    """One sweep pass in the caller's transaction on `conn`."""
+    with celery_app.producer_or_acquire() as producer:
+        publish = redrive_publisher(celery_app, settings.queue, producer)
+        return sweep(
+            conn, publish, queue=settings.queue, grace_seconds=settings.redrive_after_seconds
+        )
+
 
 def run_sweep(celery_app: Celery, settings: Settings, engine: Engine) -> SweepReport:
-    """One sweep pass: publish a re-drive for every due event of our queue."""
-    with celery_app.producer_or_acquire() as producer:
+    """One sweep pass in a transaction of its own (`payworker sweep`)."""
+    with engine.begin() as conn:
+        return sweep_in(celery_app, settings, conn)
 
-        def publish(event_id: str) -> None:
-            celery_app.send_task(
-                REDRIVE_TASK, kwargs={"event_id": event_id}, queue=settings.queue, producer=producer
-            )
 
-        with engine.begin() as conn:
-            return sweep(
-                conn, publish, queue=settings.queue, grace_seconds=settings.redrive_after_seconds
-            )
+class Duty(Protocol):
+    """A periodic duty: one leader runs it every `period` seconds."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def period(self) -> float: ...
+
+    def run(self, conn: Connection) -> dict[str, Any]:
+        """One run in the caller's transaction; returns what it did (JSON)."""
+        ...
+
+
+class SweepDuty:
+    """Publish the re-drive of every due or abandoned event of the queue."""
+
+    name = "sweep"
+
+    def __init__(self, celery_app: Celery, settings: Settings, telemetry: Telemetry) -> None:
+        self._app, self._settings, self._telemetry = celery_app, settings, telemetry
+        self.period = settings.sweep_seconds
+
+    def run(self, conn: Connection) -> dict[str, Any]:
+        report = sweep_in(self._app, self._settings, conn)
+        for reason, count in report.reasons.items():
+            self._telemetry.redriven(reason, count)
+        if report.redriven:
+            EventLog().info("sweep", redriven=len(report.redriven), **dict(report.reasons))
+        return {"redriven": len(report.redriven), **report.reasons}
+
+
+class TokenExpiryDuty:
+    """Erase the card tokens kept past PAYWORKER_SEALED_TOKEN_TTL_HOURS (and any kept by
+    an event that ended without dying)."""
+
+    name = "token_expiry"
+    period = TOKEN_EXPIRY_SECONDS
+
+    def __init__(self, settings: Settings) -> None:
+        self._queue = settings.queue
+        self._ttl = timedelta(hours=settings.sealed_token_ttl_hours)
+
+    def run(self, conn: Connection) -> dict[str, Any]:
+        erased = sweeps.erase_sealed_tokens(conn, self._queue, now() - self._ttl)
+        if erased:
+            EventLog().info("sealed card tokens erased", erased=erased)
+        return {"erased": erased}
+
+
+def periodic_duties(celery_app: Celery, settings: Settings, telemetry: Telemetry) -> list[Duty]:
+    """The duties a queue's leader runs."""
+    return [SweepDuty(celery_app, settings, telemetry), TokenExpiryDuty(settings)]
 
 
 class SweepTask(Task):  # type: ignore[misc]
-    """Periodic (beat): re-drive due and abandoned events."""
+    """`payworker.sweep`, as older versions' beat published it: one sweep pass."""
 
     abstract = True
     resources: ProcessResources
 
     def sweep(self) -> dict[str, Any]:
         res = self.resources.get()
-        report = run_sweep(self.app, res.settings, res.engine)
-        for reason, count in report.reasons.items():
-            res.telemetry.redriven(reason, count)
-        if report.redriven:
-            EventLog().info("sweep", redriven=len(report.redriven), **dict(report.reasons))
-        return {"redriven": len(report.redriven), **report.reasons}
-
-
-def rebuild_message(event_type: str, payload: dict[str, Any], token: str | None) -> Message:
-    """The event's message from its ledger row; it was validated when first received."""
-    data = dict(payload)
-    if token is not None:
-        data["token"] = token
-    return MESSAGE_TYPES[event_type].model_construct(**data)
+        with res.engine.begin() as conn:
+            return SweepDuty(self.app, res.settings, res.telemetry).run(conn)
 
 
 class RedriveTask(LedgerTask):
-    """Resume one event from the ledger; the message names nothing but the event."""
+    """`payworker.redrive(event_id)`, as older versions published re-drives."""
 
     abstract = True
-
-    def redrive(self, event_id: Any) -> Outcome:
-        log = EventLog(event_id=event_id, task_id=self.request.id, task=self.name)
-        if not isinstance(event_id, str):
-            log.error("redrive without an event id")
-            return {"status": "rejected"}
-        res = self.resources.get()
-        with res.engine.begin() as conn:
-            taken = claims.reclaim(conn, event_id, self.owner(), res.settings.lease_seconds)
-        if taken is None:
-            log.error("redrive of an unknown event")
-            return {"event_id": event_id, "status": "unknown"}
-        claimed, stored = taken
-        if not isinstance(claimed, ledger.Claim) or stored is None:
-            log.info("redrive not needed", state=type(claimed).__name__)
-            return {"event_id": event_id, "status": "not_needed"}
-        log = log.bind(user_id=stored.user_id, attempt=claimed.attempts)
-        workflow = WORKFLOWS[stored.type]
-        token = None
-        if workflow.token_needed_at:
-            token = _open(stored.sealed_token, res.sealer)
-            if token is None and claimed.recovery_point in workflow.token_needed_at:
-                with res.engine.begin() as conn:
-                    ledger.bury(
-                        conn,
-                        claimed,
-                        "the card token needed to resume this event cannot be recovered",
-                    )
-                log.error("dead: card token not recoverable")
-                return {"event_id": event_id, "status": "dead"}
-        log.info("redriving", point=claimed.recovery_point)
-        message = rebuild_message(stored.type, stored.payload, token)
-        return run_event(res, workflow, claimed, message, log)
-
-
-def _open(sealed: str | None, sealer: TokenSealer) -> str | None:
-    if sealed is None:
-        return None
-    try:
-        return sealer.unseal(sealed)
-    except Exception:  # a changed PAYWORKER_SEAL_KEY: treated as a lost token
-        return None

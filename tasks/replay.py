@@ -11,13 +11,13 @@
 Every replay appends what the event had ended with (status, error, result, and what the
 workflow adds) to `progress["replays"]`, so nothing an operator saw before is lost.
 
-The caller publishes the re-drive (`publish`) inside the transaction that reopened the
-row, as the sweeper does: a worker that receives it before the commit waits on the row
-lock, and a lost publish is repeated by the sweeper after `grace_seconds`."""
+The caller publishes the re-drive (`publish`: the event's own task, marked as a re-drive)
+inside the transaction that reopened the row, as the sweeper does: a worker that receives
+it before the commit waits on the row lock, and a lost publish is repeated by the sweeper
+after `grace_seconds`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,9 +31,8 @@ from db.models import EventStatus
 from db.replays import EventRow
 from tasks.messages import parse_message
 from tasks.phases import Regeneration
+from tasks.sweeper import Publisher, Redrive
 from tasks.workflows import WORKFLOWS
-
-Publisher = Callable[[str], None]
 
 # Where the outcomes before each replay are kept, oldest first. Keys of `progress` survive
 # every later checkpoint (checkpoints merge into it) and the final outcome.
@@ -100,7 +99,7 @@ def replay(
     target = event.queue or queue
     published = target == queue
     if published:
-        publish(event_id)
+        publish(Redrive(event_id, event.type, event.user_id))
     replays.reopen(
         conn,
         event_id,

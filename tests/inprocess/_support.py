@@ -13,8 +13,8 @@ from db import claims, ledger
 from db.claims import NewEvent
 from db.ledger import Claim, now
 from tasks.logs import EventLog
-from tasks.maintenance import rebuild_message
 from tasks.messages import MESSAGE_TYPES, CardTokenReceived, Message
+from tasks.redrive import rebuild_message
 from tasks.resources import Resources
 from tasks.runner import Outcome, run_event
 from tasks.workflows import WORKFLOWS
@@ -109,7 +109,7 @@ class Deliveries:
         return self.run(message, self.claim(message, owner=owner))
 
     def redrive(self, event_id: str, *, owner: str = WORKER_A) -> Outcome:
-        """A re-drive (the sweeper's, or a replay's), as tasks/maintenance.py's RedriveTask
+        """A re-drive (the sweeper's, or a replay's), as tasks/redrive.py's resume
         makes it: take the known event's lease, rebuild its message from the ledger (the
         card token unsealed), run it."""
         with self.res.engine.begin() as conn:

@@ -14,6 +14,7 @@ from core.settings import Settings
 from db.ledger import now
 from tasks.messages import CardTokenReceived, ChargeRequested, Message, UserRegistered
 from tasks.replay import Refused, Replayed, ReplayOutcome, replay
+from tasks.sweeper import Redrive
 from tests.inprocess._support import MAX_ATTEMPTS, Deliveries, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, VISA, FakeGateway
 
@@ -31,9 +32,9 @@ def bury(deliveries: Deliveries, gateway: FakeGateway, msg: Message, method: str
 
 def operator_replay(
     engine: Engine, settings: Settings, event_id: str, *, force: bool
-) -> tuple[ReplayOutcome, list[str]]:
+) -> tuple[ReplayOutcome, list[Redrive]]:
     """`payworker replay [--force] <event_id>` without Celery: returns what it published."""
-    published: list[str] = []
+    published: list[Redrive] = []
     with engine.begin() as conn:
         outcome = replay(
             conn, event_id, force=force, queue=settings.queue, publish=published.append,
@@ -63,7 +64,10 @@ def test_a_dead_charge_resumes_at_its_point_with_the_same_key(
         event_id=msg.event_id, was="dead", generation=0, recovery_point="charge_creating",
         new_generation=False, published=True, queue=settings.queue,
     )  # fmt: skip
-    assert published == [msg.event_id]
+    # as the event's own task, naming the event only
+    assert published == [Redrive(msg.event_id, "charge_requested", msg.user_id)]
+    assert published[0].task_name == "payments.charge_requested"
+    assert published[0].kwargs == {"event_id": msg.event_id, "user_id": msg.user_id}
     event = rows.event(msg.event_id)
     assert (event["status"], event["recovery_point"]) == ("processing", "charge_creating")
     assert (event["generation"], event["transient_failures"]) == (0, 0)
@@ -160,7 +164,7 @@ def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creati
         event_id=msg.event_id, was="failed", generation=1, recovery_point="charge_creating",
         new_generation=True, published=True, queue=settings.queue,
     )  # fmt: skip
-    assert published == [msg.event_id]
+    assert published == [Redrive(msg.event_id, "charge_requested", msg.user_id)]
     event = rows.event(msg.event_id)
     assert (event["status"], event["recovery_point"]) == ("processing", "charge_creating")
     assert (event["generation"], event["transient_failures"]) == (1, 0)

@@ -12,7 +12,7 @@ from core.redact import redact
 from core.settings import get_settings
 from db.session import get_engine
 from tasks.gateway import idempotency_key
-from tasks.maintenance import REDRIVE_TASK, run_sweep
+from tasks.maintenance import redrive_publisher, run_sweep
 from tasks.replay import Refused, ReplayOutcome
 from tasks.replay import replay as reopen
 from worker.cli.base import celery_app, console
@@ -47,14 +47,7 @@ def replay(
     )
     with app.producer_or_acquire() as producer, progress:
         bar = progress.add_task("replay", total=len(unique))
-
-        def publish(event_id: str) -> None:
-            app.send_task(
-                REDRIVE_TASK,
-                kwargs={"event_id": event_id},
-                queue=settings.queue,
-                producer=producer,
-            )
+        publish = redrive_publisher(app, settings.queue, producer)
 
         for event_id in unique:
             try:
