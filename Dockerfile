@@ -1,4 +1,4 @@
-# The payworker image, used by the migrate, worker, beat and flower services of
+# The payworker image, used by the migrate, worker and flower services of
 # docker-compose.yml.
 FROM python:3.11-slim
 

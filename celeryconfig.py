@@ -92,16 +92,10 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
 
-# The sweeper: in-memory schedule (nothing written to disk); any number of beats may run,
-# the sweep itself is safe to run concurrently.
+# Nothing is scheduled: the periodic duties (the sweep, the token expiry) run in a thread of
+# every worker, one leader per queue at a time (worker/leader.py), not as tasks that would
+# fill Flower. A beat started anyway (`--beat`, `celery -A worker beat`) publishes nothing.
 beat_scheduler = "celery.beat:Scheduler"
-beat_schedule = {
-    "payworker-sweep": {
-        "task": "payworker.sweep",
-        "schedule": _settings.sweep_seconds,
-        # A sweep that waited longer than its period is stale: the next one replaces it.
-        "options": {"queue": _settings.queue, "expires": _settings.sweep_seconds},
-    },
-}
+beat_schedule = {}
 
 worker_hijack_root_logger = False

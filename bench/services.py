@@ -134,7 +134,7 @@ class StubProcess:
 
 
 class Worker:
-    """`celery -A bench.app worker --beat` in a process group of its own."""
+    """`celery -A bench.app worker` in a process group of its own (its sweep runs in it)."""
 
     def __init__(self, env: dict[str, str], name: str, log_dir: Path) -> None:
         self.log_path = log_dir / f"{name}.log"
@@ -144,9 +144,8 @@ class Worker:
             [
                 sys.executable, "-m", "celery", "-A", "bench.app", "worker",
                 "-Q", env["PAYWORKER_QUEUE"], "--loglevel", "INFO", "--hostname", f"{name}@%h",
-                # gevent must be named on the command line (Celery monkey-patches only then)
-                # and cannot embed beat: the sweeper does not run in a gevent bench.
-                *(["-P", "gevent"] if gevent else ["--beat"]),
+                # gevent must be named on the command line (Celery monkey-patches only then).
+                *(["-P", "gevent"] if gevent else []),
             ],
             cwd=ROOT,
             env=env,
@@ -166,7 +165,7 @@ class Worker:
         raise RuntimeError(f"worker not ready in {timeout}s; see {self.log_path}")
 
     def pids(self) -> list[int]:
-        """The worker's main process and all its descendants (pool children, beat)."""
+        """The worker's main process and all its descendants (pool children)."""
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -190,7 +189,7 @@ class Worker:
             with suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
         with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the beat process or a stray child
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a stray child
         self.proc.wait()
         self._log.close()
 

@@ -231,13 +231,16 @@ def worker_env(
 
 
 class WorkerProcess:
-    """A `celery -A worker worker` subprocess with its log captured to a file."""
+    """A worker subprocess with its log captured to a file: `celery -A worker worker -Q …`,
+    or `payworker worker` (command="payworker"). Neither is given `--beat`: every worker
+    takes part in the periodic duties by itself."""
 
     READY_TIMEOUT = 30.0
 
     def __init__(
         self, env: dict[str, str], log_path: Path, concurrency: int = 4,
         *, new_session: bool = False, events: bool = True, wait: bool = True,
+        command: str = "celery",
     ) -> None:
         self.env = env
         self.log_path = log_path
@@ -247,14 +250,17 @@ class WorkerProcess:
         # events=False: no task events and no heartbeats, so that the worker's only broker
         # traffic is its consuming, its acks and its own publishes.
         monitoring = ["-E"] if events else ["--without-heartbeat"]
+        common = ["--concurrency", str(concurrency), "--hostname",
+                  f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip"]
+        if command == "payworker":  # it adds -Q PAYWORKER_QUEUE, --loglevel INFO and -E
+            argv = [sys.executable, "-m", "worker.cli", "worker", *common]
+        else:
+            argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
+                    "--loglevel", "INFO", *monitoring, *common]
         # new_session: the worker leads its own process group, so that a test can kill it
-        # whole (main process, pool children and the embedded beat) in one signal.
+        # whole (main process and pool children) in one signal.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.queue,
-             "--concurrency", str(concurrency), "--loglevel", "INFO", *monitoring, "--beat",
-             "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
-             "--without-gossip"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=new_session,
         )
         if wait:
@@ -296,11 +302,12 @@ def start_worker(
     """Factory: start a worker with env overrides on its own queue; all stopped at the end."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 4, queue: str | None = None, **overrides: str) -> WorkerProcess:
+    def start(concurrency: int = 4, queue: str | None = None, command: str = "celery",
+              **overrides: str) -> WorkerProcess:
         queue = queue or f"payments_test_{uuid.uuid4().hex[:8]}"
         env = worker_env(database_url, broker_url, stripe_fake.url, queue, **overrides)
         log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-        worker = WorkerProcess(env, log_path, concurrency)
+        worker = WorkerProcess(env, log_path, concurrency, command=command)
         started.append(worker)
         return worker
 
@@ -382,3 +389,19 @@ def wait_for(engine: Engine) -> Callable[..., dict[str, dict[str, Any]]]:
         raise AssertionError(f"events not final within {timeout}s: {states}")
 
     return wait
+
+
+def duty_row(engine: Engine, queue: str, name: str = "sweep") -> dict[str, Any] | None:
+    """The `payworker_duties` row of one periodic duty of a queue, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT * FROM payworker_duties WHERE queue = :q AND name = :n"),
+            {"q": queue, "n": name},
+        ).mappings().first()
+        return dict(row) if row is not None else None
+
+
+def leader_pid(row: dict[str, Any] | None) -> int | None:
+    """The process id of a duty's recorded leader ("nodename:pid"), or None."""
+    leader = (row or {}).get("leader")
+    return int(leader.rsplit(":", 1)[1]) if leader else None

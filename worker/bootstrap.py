@@ -1,5 +1,6 @@
 """Worker start-up: refuse unsafe or incomplete configuration, learn the execution model,
-and reset per-process state after the fork. `install` connects the hooks for one app."""
+reset per-process state after the fork, and take part in the queue's periodic duties once
+ready. `install` connects the hooks for one app."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from core.redact import register_secret
 from core.settings import get_settings
 from db.session import dispose_all
 from tasks.logs import bind_task, clear_task, configure, install_redaction
+from tasks.maintenance import periodic_duties
 from tasks.resources import ProcessResources
 from tasks.stripe_http import set_run_deadline
+from worker.leader import Leader
 
 logger = logging.getLogger("payworker")
 
@@ -65,10 +68,35 @@ def install(app: Celery, resources: ProcessResources) -> None:
         resources.tasks_per_process = _note_execution_model(sender)
 
     signals.worker_init.connect(refuse_unsafe_start, weak=False)
+    _take_part_in_duties(app, resources)
     signals.worker_process_init.connect(_after_fork, weak=False)
     signals.setup_logging.connect(_setup_logging, weak=False)
     signals.task_prerun.connect(_before_task, weak=False)
     signals.task_postrun.connect(_after_task, weak=False)
+
+
+def _take_part_in_duties(app: Celery, resources: ProcessResources) -> None:
+    """Every worker of `app`, once ready, runs a leader thread in its main process
+    (worker/leader.py); the one that leads its queue sweeps. Stopped at shutdown."""
+    leaders: list[Leader] = []
+
+    def lead(sender: Any = None, **_: Any) -> None:
+        if sender is None or sender.app is not app or leaders:
+            return
+        settings = get_settings()
+        identity = f"{sender.hostname}:{os.getpid()}"
+        leader = Leader(settings, identity, periodic_duties(app, settings, resources.telemetry))
+        leaders.append(leader)
+        leader.start()
+
+    def resign(sender: Any = None, **_: Any) -> None:
+        if sender is None or sender.app is not app:
+            return
+        while leaders:
+            leaders.pop().stop()
+
+    signals.worker_ready.connect(lead, weak=False)
+    signals.worker_shutdown.connect(resign, weak=False)
 
 
 def _note_execution_model(worker: Any) -> int:

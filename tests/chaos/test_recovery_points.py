@@ -1,4 +1,4 @@
-"""Chaos 2: SIGKILL of a whole worker (main process, pool children and embedded beat) at
+"""Chaos 2: SIGKILL of a whole worker (main process and pool children) at
 each recovery point of each workflow, then a fresh worker: exactly one Stripe object and
 one final outcome per event.
 

@@ -124,7 +124,7 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
     pool: str, chaos_broker: Broker, chaos_workers: WorkerPool, chaos_publisher: Publisher,
     stripe_fake: FakeStripe, engine: Engine, wait_for: Callable[..., Any],
 ) -> None:
-    """SIGKILL the worker's whole process group (main process, pool processes, beat) while
+    """SIGKILL the worker's whole process group (main process, pool processes) while
     Stripe holds back the answers of three charges it has made; a new worker on the same
     queue finishes each event with one charge, within lease + sweep interval (+ slack) of
     the kill, or of the new worker's start if that took longer than the lease. With the
@@ -149,9 +149,9 @@ def test_sigkill_of_the_whole_worker_while_charges_are_in_flight(
 
     killed_at = time.monotonic()
     victims = first.kill()
-    assert first.proc.pid in victims and len(victims) >= 2  # main, beat (and pool children)
+    assert first.proc.pid in victims  # the main process (and pool children)
     if pool == "prefork":
-        assert "(prefork)" in first.log() and len(victims) >= 2 + in_flight, victims
+        assert "(prefork)" in first.log() and len(victims) >= 1 + in_flight, victims
     second = chaos_workers.start(concurrency=2, **settings)  # on the same queue
     # The lease runs out while the new worker starts; on a busy machine the start may take
     # longer than the lease, and nothing can re-drive before a worker is up.

@@ -1,5 +1,4 @@
-"""Running payworker's processes: `payworker worker` (and its beat), `metrics`, `flower`
-and `demo`."""
+"""Running payworker's processes: `payworker worker`, `metrics`, `flower` and `demo`."""
 
 from __future__ import annotations
 
@@ -19,18 +18,24 @@ from worker.flower import FlowerRefused, flower_argv, state_file
 def worker(
     ctx: typer.Context,
     beat: Annotated[
-        bool, typer.Option("--beat", help="also run the sweeper schedule in this worker")
+        bool,
+        typer.Option(
+            "--beat", help="accepted for compatibility; no longer needed: every worker sweeps"
+        ),
     ] = False,
 ) -> None:
     """Start a worker on PAYWORKER_QUEUE; extra arguments go to `celery worker`.
 
-    Retries are published by the sweeper: run one `--beat` worker, or `celery -A worker beat`.
+    Every worker takes part in the periodic duties (retries, re-drives): one of them leads.
     """
     settings = get_settings()
     share_metrics(settings.metrics_path)
-    argv = ["worker", "-Q", settings.queue, "--loglevel", "INFO", "-E", *ctx.args]
     if beat:
-        argv.append("--beat")
+        errors.print(
+            "--beat is no longer needed and is ignored: every worker takes part in the"
+            " sweep, one of them at a time (see `payworker status`)"
+        )
+    argv = ["worker", "-Q", settings.queue, "--loglevel", "INFO", "-E", *ctx.args]
     celery_app().worker_main(argv)
 
 

@@ -66,7 +66,7 @@ def _start_fake(console: Console) -> FakeStripe | None:
 def _worker(app: Celery, env: dict[str, str], node: str, log: Path) -> Iterator[bool]:
     """One worker subprocess on the run's queue; yields whether it answered a ping in time."""
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", env["PAYWORKER_QUEUE"],
-            "--concurrency", "4", "--loglevel", "WARNING", "-E", "--beat", "--hostname", node,
+            "--concurrency", "4", "--loglevel", "WARNING", "-E", "--hostname", node,
             "--without-mingle", "--without-gossip"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -49,7 +49,7 @@ def _alive(pid: int) -> bool:
 
 class KillableWorker(WorkerProcess):
     """A worker that leads its own process group, so that one SIGKILL takes its main
-    process, its pool children and its embedded beat together. It sends no events or
+    process (with its leader thread) and its pool children together. It sends no events or
     heartbeats: what a frozen broker connection holds is its acks and publishes."""
 
     READY_TIMEOUT = 40.0  # two workers starting at once on a busy machine
@@ -63,13 +63,13 @@ class KillableWorker(WorkerProcess):
         self.replaced = False  # by WorkerPool.supervise
 
     def pids(self) -> list[int]:
-        """Live processes of this worker: the main process, its pool children, its beat."""
+        """Live processes of this worker: the main process and its pool children."""
         return [pid for pid in _all_pids()
                 if (stat := _proc_stat(pid)) is not None and stat[2] == self.pgid
                 and stat[0] not in ("Z", "X")]
 
     def children(self) -> list[int]:
-        """Live direct children of the main process (pool processes and the beat)."""
+        """Live direct children of the main process (pool processes)."""
         return [pid for pid in _all_pids()
                 if (stat := _proc_stat(pid)) is not None and stat[1] == self.proc.pid
                 and stat[0] not in ("Z", "X")]
@@ -101,7 +101,7 @@ class KillableWorker(WorkerProcess):
 
     def stop(self) -> None:
         """Warm shutdown; then nothing of the group may outlive the test (a pool child
-        orphaned by a kill, the beat)."""
+        orphaned by a kill)."""
         super().stop()
         with suppress(ProcessLookupError):
             os.killpg(self.pgid, signal.SIGKILL)
