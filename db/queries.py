@@ -6,12 +6,13 @@ The sealed card token is never read here: a row says only whether there is one."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from db.duties import DutyRow, read_duties
 from db.ledger_sql import EVENTS
 from db.models import EventStatus
 
@@ -84,6 +85,8 @@ class StatusOverview:
     # Lease ran out: the worker died; the sweeper re-drives these.
     lease_expired: int
     oldest_unfinished: EventRecord | None
+    # The periodic duties of the queue asked about (none recorded: an empty list).
+    duties: list[DutyRow] = field(default_factory=list)
 
     @property
     def types(self) -> list[str]:
@@ -133,8 +136,9 @@ def list_events(
     return [EventLine(**row._mapping) for row in conn.execute(stmt.limit(limit))]
 
 
-def status_overview(conn: Connection) -> StatusOverview:
-    """Counts by type and status, the schedule of unfinished events, the oldest of them."""
+def status_overview(conn: Connection, queue: str | None = None) -> StatusOverview:
+    """Counts by type and status, the schedule of unfinished events, the oldest of them,
+    and the periodic duties of `queue` (none without one)."""
     unfinished = _e.status.in_(UNFINISHED)
     moment: datetime = conn.execute(select(func.now())).scalar_one()
     counts = conn.execute(
@@ -161,4 +165,5 @@ def status_overview(conn: Connection) -> StatusOverview:
         running=int(running),
         lease_expired=int(lease_expired),
         oldest_unfinished=EventRecord(**oldest._mapping) if oldest is not None else None,
+        duties=read_duties(conn, queue) if queue is not None else [],
     )

@@ -14,6 +14,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from core.settings import Settings, get_settings
+from db.duties import read_duties
 from db.models import PaymentEvent
 
 # Stripe calls take from tens of milliseconds to the client timeout.
@@ -83,10 +85,12 @@ class PrometheusTelemetry:
 
 
 class LedgerCollector(Collector):
-    """Gauges read from payment_events at scrape time: true across all workers."""
+    """Gauges read from payment_events and payworker_duties at scrape time: true across all
+    workers."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self._engine = engine
+        self._settings = settings or get_settings()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         backlog = GaugeMetricFamily(
@@ -120,9 +124,37 @@ class LedgerCollector(Collector):
         oldest.add_metric([], max(0.0, time.time() - created.timestamp()) if created else 0.0)
         due.add_metric([], float(overdue or 0))
         yield from (backlog, oldest, due)
+        yield from self._duties()
+
+    def _duties(self) -> Iterator[GaugeMetricFamily]:
+        """Per queue and duty: seconds since its last run, and how many may pass before
+        that means nobody leads it (`payworker status` warns then)."""
+        age = GaugeMetricFamily(
+            "payworker_duty_last_run_age_seconds",
+            "Seconds since a periodic duty (sweep, token_expiry) of a queue last ran; before"
+            " a first run, since its leader took over.",
+            labels=["queue", "duty"],
+        )
+        stale_after = GaugeMetricFamily(
+            "payworker_duty_stale_after_seconds",
+            "Age of a duty's last run beyond which it is overdue: 3 periods plus a lease.",
+            labels=["queue", "duty"],
+        )
+        with self._engine.connect() as conn:
+            rows = read_duties(conn)
+        now = time.time()
+        for row in rows:
+            since = row.last_run_at or row.leader_since
+            if since is not None:
+                age.add_metric([row.queue, row.name], max(0.0, now - since.timestamp()))
+            limit = self._settings.duty_stale_after(row.period_seconds)
+            stale_after.add_metric([row.queue, row.name], limit)
+        yield from (age, stale_after)
 
 
-def registry_for_scrape(engine: Engine, multiproc_dir: str | None) -> CollectorRegistry:
+def registry_for_scrape(
+    engine: Engine, multiproc_dir: str | None, settings: Settings | None = None
+) -> CollectorRegistry:
     """The registry `payworker metrics` serves: every worker process's counters (multiprocess
     mode when PROMETHEUS_MULTIPROC_DIR is set) and the ledger gauges."""
     registry = CollectorRegistry()
@@ -134,5 +166,5 @@ def registry_for_scrape(engine: Engine, multiproc_dir: str | None) -> CollectorR
         from prometheus_client import REGISTRY
 
         registry = REGISTRY
-    registry.register(LedgerCollector(engine))
+    registry.register(LedgerCollector(engine, settings))
     return registry

@@ -3,7 +3,7 @@ scripts (`--json`, `events show`)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.settings import Settings
+from db.duties import DutyRow
 from db.models import EventStatus
 from db.queries import EventLine, EventRecord, StatusOverview
 
@@ -151,8 +153,13 @@ def event_line_json(line: EventLine, moment: datetime) -> dict[str, Any]:
     return out
 
 
-def status_json(overview: StatusOverview) -> dict[str, Any]:
-    """`status --json`: counts by type and status (every status, zeros included)."""
+def status_json(
+    overview: StatusOverview,
+    duties: list[DutyHealth] | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """`status --json`: counts by type and status (every status, zeros included), the
+    queue's periodic duties and the warnings about them."""
     matrix: dict[str, dict[str, int]] = {
         t: {s.value: overview.counts.get((t, s), 0) for s in EventStatus} for t in overview.types
     }
@@ -167,4 +174,104 @@ def status_json(overview: StatusOverview) -> dict[str, Any]:
         "running": overview.running,
         "lease_expired": overview.lease_expired,
         "oldest_unfinished": event_json(oldest) if oldest is not None else None,
+        "duties": [duty_json(health) for health in duties or []],
+        "warnings": list(warnings or []),
     }
+
+
+# ---- periodic duties ------------------------------------------------------------------------
+
+# How a duty's result reads in `payworker status`.
+_RESULT_WORDS = {"redriven": "re-drove", "erased": "erased"}
+
+
+@dataclass(frozen=True)
+class DutyHealth:
+    """A periodic duty as of `payworker status`: how long ago it last ran, and whether that
+    is longer than it may be (then nobody leads it, or its leader cannot do it)."""
+
+    row: DutyRow
+    # Since its last run; before a first run, since its leader took over.
+    age: timedelta | None
+    stale_after: float
+
+    @property
+    def stale(self) -> bool:
+        return self.age is None or self.age.total_seconds() > self.stale_after
+
+
+def duty_health(overview: StatusOverview, settings: Settings) -> list[DutyHealth]:
+    out = []
+    for row in overview.duties:
+        since = row.last_run_at or row.leader_since
+        age = overview.moment - since if since is not None else None
+        out.append(DutyHealth(row, age, settings.duty_stale_after(row.period_seconds)))
+    return out
+
+
+def duty_warnings(duties: list[DutyHealth], queue: str) -> list[str]:
+    """What an operator must look at: the sweep (or another duty) is not running."""
+    if not any(h.row.name == "sweep" for h in duties):
+        return [
+            f"no sweep recorded for queue {queue}: no worker of this version has run on it;"
+            " retries and re-drives are published only while a worker runs"
+        ]
+    warnings = []
+    for health in duties:
+        if not health.stale:
+            continue
+        row = health.row
+        when = f"for {age_text(health.age)}" if health.age is not None else "ever"
+        leader = _leader_text(row)
+        text = (
+            f"no {row.name} run on queue {queue} {when} (it runs every"
+            f" {row.period_seconds:g}s; warned after {health.stale_after:g}s); leader: {leader}"
+        )
+        if row.name == "sweep":
+            text += ": retries and re-drives are not being published. Is a worker running?"
+        if row.last_error:
+            text += f" Last error: {row.last_error}"
+        warnings.append(text)
+    return warnings
+
+
+def duty_lines(duties: list[DutyHealth], moment: datetime) -> list[str]:
+    """One line per duty: who leads it since when, its last run and what it did."""
+    lines = []
+    for health in duties:
+        row = health.row
+        line = f"{row.name} of queue {row.queue}: leader {_leader_text(row)}"
+        if row.leader is not None and row.leader_since is not None and row.lock_held:
+            line += f" for {age_text(moment - row.leader_since)}"
+        if row.last_run_at is None:
+            line += "; never run"
+        else:
+            line += f"; last run {age_text(moment - row.last_run_at)} ago"
+            if row.last_result:
+                done = ", ".join(
+                    f"{_RESULT_WORDS.get(k, k)} {v}" for k, v in row.last_result.items()
+                )
+                line += f" ({done})"
+        if row.last_error_at is not None and (
+            row.last_run_at is None or row.last_error_at > row.last_run_at
+        ):
+            line += f"; failing since {age_text(moment - row.last_error_at)} ago"
+        lines.append(line)
+    return lines
+
+
+def _leader_text(row: DutyRow) -> str:
+    if not row.lock_held:
+        gone = f" ({row.leader} is gone)" if row.leader else ""
+        return f"none: no worker holds the lead{gone}"
+    return row.leader or "a worker that has not recorded itself yet"
+
+
+def duty_json(health: DutyHealth) -> dict[str, Any]:
+    row = health.row
+    out = {column.name: _jsonable(getattr(row, column.name)) for column in fields(row)}
+    age = health.age.total_seconds() if health.age is not None else None
+    out["last_run_age_seconds"] = round(age, 3) if age is not None else None
+    out["stale_after_seconds"] = health.stale_after
+    out["stale"] = health.stale
+    return out

@@ -1,5 +1,5 @@
 """Prometheus metrics: a worker's counters, aggregated over its processes, and the ledger's
-backlog are served by `payworker metrics` to a real HTTP scrape."""
+backlog and periodic duties are served by `payworker metrics` to a real HTTP scrape."""
 
 from __future__ import annotations
 
@@ -96,3 +96,10 @@ def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(
     assert sample(body, "payworker_stripe_request_seconds_count", method="GET") >= 1
     assert re.search(r"^payworker_oldest_unfinished_event_age_seconds \S+$", body, re.M)
     assert re.search(r"^payworker_retries_due \S+$", body, re.M)
+    # and the sweep that published the retry: counted by the worker that leads the queue,
+    # and its last run, fresh, read from the ledger
+    assert sample(body, "payworker_redrives_total", reason="retry_due") >= 1
+    age = sample(body, "payworker_duty_last_run_age_seconds", queue=q, duty="sweep")
+    limit = sample(body, "payworker_duty_stale_after_seconds", queue=q, duty="sweep")
+    assert re.search(rf'^payworker_duty_last_run_age_seconds{{.*queue="{q}".*}} \S+$', body, re.M)
+    assert 0 <= age < limit, (age, limit)

@@ -19,6 +19,9 @@ from tasks.messages import MESSAGE_TYPES
 from worker.cli.base import console, errors
 from worker.views import (
     age_text,
+    duty_health,
+    duty_lines,
+    duty_warnings,
     event_json,
     event_line_json,
     events_table,
@@ -104,11 +107,15 @@ def events_show(event_id: str) -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
-    """Events by type and status, retries due, and the oldest unfinished event."""
-    with get_engine(get_settings().database_url).connect() as conn:
-        overview = status_overview(conn)
+    """Events by type and status, retries due, the oldest unfinished event, and who leads
+    the sweep of PAYWORKER_QUEUE (a warning when it has not run for too long)."""
+    settings = get_settings()
+    with get_engine(settings.database_url).connect() as conn:
+        overview = status_overview(conn, queue=settings.queue)
+    duties = duty_health(overview, settings)
+    warnings = duty_warnings(duties, settings.queue)
     if as_json:
-        print(json.dumps(status_json(overview), indent=2))
+        print(json.dumps(status_json(overview, duties, warnings), indent=2))
         return
     console.print(status_table(overview))
     dead = overview.by_status(EventStatus.DEAD)
@@ -140,3 +147,7 @@ def status(
             f" {oldest.status}, {age_text(age)} old, {oldest.attempts} attempt(s))",
             soft_wrap=True,
         )
+    for line in duty_lines(duties, overview.moment):
+        console.print(escape(line), soft_wrap=True)
+    for warning in warnings:
+        console.print(f"[bold red]WARNING: {escape(warning)}[/bold red]", soft_wrap=True)
