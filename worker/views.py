@@ -229,6 +229,8 @@ def duty_warnings(duties: list[DutyHealth], queue: str) -> list[str]:
         )
         if row.name == "sweep":
             text += ": retries and re-drives are not being published. Is a worker running?"
+        else:
+            text += "."
         if row.last_error:
             text += f" Last error: {row.last_error}"
         warnings.append(text)
