@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.signing import KeyRing
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/payworker"
 # Stripe forgets an idempotency key 24 hours after its first use; we stop trusting a key
@@ -184,6 +186,29 @@ class Settings(BaseSettings):
         return self
 
     # ---- end of input limits ----------------------------------------------------------------
+
+    # ---- authenticated messages (core/signing.py) ----
+    # `key_id:secret[,key_id:secret…]`: the first key signs what payworker publishes, every
+    # key verifies. Set, a message without a valid signature is never run. Unset, any
+    # client of the broker can make payworker act (the worker warns at start).
+    message_keys: SecretStr | None = Field(None, alias="PAYWORKER_MESSAGE_KEYS")
+
+    @model_validator(mode="after")
+    def _check_message_keys(self) -> Settings:
+        self.message_keyring  # noqa: B018  (parsed here: a bad value stops every process)
+        return self
+
+    @cached_property
+    def message_keyring(self) -> KeyRing | None:
+        """The parsed PAYWORKER_MESSAGE_KEYS; None when unset or blank.
+
+        Raises:
+            KeyConfigError: a malformed value (a ValueError: Settings() refuses it).
+        """
+        secret = self.message_keys
+        return KeyRing.parse(secret.get_secret_value() if secret is not None else None)
+
+    # ---- end of authenticated messages ----
 
     @field_validator("database_url")
     @classmethod
