@@ -12,6 +12,8 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from bench.app import BARE_TASK
+from core.settings import get_settings
+from core.signing import signed_headers
 
 PAYWORKER = "payworker"
 BARE = "bare"
@@ -64,7 +66,10 @@ class Publisher:
         else:
             name, kwargs = BARE_TASK, {"event_id": event_id}
         load.published[event_id] = time.time()
-        self.app.send_task(name, kwargs=kwargs, queue=self.queue, producer=producer)
+        headers = signed_headers(get_settings().message_keyring, name, kwargs)
+        self.app.send_task(
+            name, kwargs=kwargs, queue=self.queue, producer=producer, headers=headers
+        )
 
     def done(self, load: Load) -> int:
         with self.engine.connect() as conn:

@@ -197,6 +197,15 @@ class IdempotencyConflict(PayworkerError):
     disposition = Disposition.REJECT
 
 
+class MessageRefused(PayworkerError):
+    """The message is not authenticated (PAYWORKER_MESSAGE_KEYS is set and its signature
+    is missing or wrong): it is dropped before it is parsed or claimed, and only counted.
+    The text names the reason and never the payload."""
+
+    code = "unauthenticated_message"
+    disposition = Disposition.REJECT
+
+
 # ---- refusals at start-up (not event outcomes) ---------------------------------------------
 
 

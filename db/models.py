@@ -1,15 +1,17 @@
-"""The tables upstream apps read: the ledger, customers, cards and charges."""
+"""The tables upstream apps read: the ledger, customers, cards and charges; and the count
+of refused messages."""
 
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -222,3 +224,16 @@ class Duty(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class MessageRefusal(Base):
+    """How many messages were refused as not authenticated, per UTC day and reason. Only
+    counts: nothing a refused message carried is kept (docs/operations.md)."""
+
+    __tablename__ = "payworker_refusals"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # core.signing.Refusal: unsigned, malformed, unknown_key, bad_signature, positional_args
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

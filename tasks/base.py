@@ -19,11 +19,14 @@ from core.errors import (
     ConfigurationFault,
     IdempotencyConflict,
     InvalidMessage,
+    MessageRefused,
     translate,
 )
 from core.redact import safe_repr
 from core.settings import MAX_DB_DOWN_PAUSE
+from core.signing import SIGNATURE_HEADER
 from db import claims
+from tasks.authentication import HIDDEN, refusal, refuse
 from tasks.logs import EventLog
 from tasks.messages import (
     MAX_ID_LENGTH,
@@ -49,13 +52,35 @@ def redrive_requested(request: Any) -> bool:
 
 
 class MaskedRequest(Request):  # type: ignore[misc]
-    """Shows Flower and the logs masked arguments, whatever the publisher put in the
-    message headers (send_task copies the raw kwargs, card token included)."""
+    """What Flower, `celery inspect` and the logs show of a delivery: its arguments as we
+    mask them, never the publisher's `argsrepr`/`kwargsrepr` headers (send_task copies the
+    raw kwargs there, card token included), and nothing of an unauthenticated message."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._argsrepr = safe_repr(list(self._args or ()))
-        self._kwargsrepr = safe_repr(self._kwargs or {})
+        if self._unauthenticated():
+            self._argsrepr = self._kwargsrepr = HIDDEN
+        else:
+            self._argsrepr = safe_repr(list(self._args or ()))
+            self._kwargsrepr = safe_repr(self._kwargs or {})
+        # The task-received event carries these; the task's own request is built from
+        # this dict, so the publisher's copies must not survive there either.
+        self._request_dict["argsrepr"] = self._argsrepr
+        self._request_dict["kwargsrepr"] = self._kwargsrepr
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """What `celery inspect active|reserved|scheduled|query_task` and Flower's worker
+        pages show: Celery gives the raw arguments unless `safe`; we always mask them."""
+        shown: dict[str, Any] = super().info(safe=True)
+        return shown
+
+    def _unauthenticated(self) -> bool:
+        resources: ProcessResources | None = getattr(self._task, "resources", None)
+        if resources is None:
+            return False
+        ring = resources.settings().message_keyring
+        signature = self._request_dict.get(SIGNATURE_HEADER)
+        return refusal(ring, self._type, self._args, self._kwargs, signature) is not None
 
 
 def readable(kwargs: Any, name: str) -> str | None:
@@ -76,9 +101,39 @@ def valid_id(kwargs: Any, name: str) -> str | None:
     return value if value is not None and is_valid_id(value) else None
 
 
-class LedgerTask(Task):  # type: ignore[misc]
-    """Base of tasks that run one ledger event: acks late, never loses a message. The
-    worker layer sets `resources` when it registers the task (tasks/registry.py)."""
+class AuthenticatedTask(Task):  # type: ignore[misc]
+    """Base of every payworker task: with PAYWORKER_MESSAGE_KEYS set, a delivery that is
+    not authenticated fails with MessageRefused before the task's body runs (so it is acked
+    and dropped). The worker layer sets `resources` (tasks/registry.py)."""
+
+    abstract = True
+    # Expected outcomes: logged without a traceback.
+    throws: tuple[type[Exception], ...] = (MessageRefused,)
+    resources: ProcessResources
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # Celery's own __call__ names its first parameter `self`; a message with a kwarg
+        # of that name would crash it before we could reject the message properly.
+        _task_stack.push(self)
+        self.push_request(args=args, kwargs=kwargs)
+        try:
+            self.authenticate(args, kwargs)
+            return self.run(*args, **kwargs)
+        finally:
+            self.pop_request()
+            _task_stack.pop()
+
+    def authenticate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raises MessageRefused (logged, counted) when this delivery is not authenticated."""
+        ring = self.resources.settings().message_keyring
+        signature = getattr(self.request, SIGNATURE_HEADER, None)
+        reason = refusal(ring, self.name, args, kwargs, signature)
+        if reason is not None:
+            raise refuse(self.resources, self.name, reason, kwargs)
+
+
+class LedgerTask(AuthenticatedTask):
+    """Base of tasks that run one ledger event: acks late, never loses a message."""
 
     abstract = True
     typing = False  # any arguments reach the task, which rejects bad ones with a record
@@ -88,20 +143,7 @@ class LedgerTask(Task):  # type: ignore[misc]
     # Celery never retries these by itself: the ledger schedules every retry.
     max_retries = 0
     Request = "tasks.base:MaskedRequest"
-    # Expected outcomes: logged without a traceback.
-    throws = (InvalidMessage, IdempotencyConflict)
-    resources: ProcessResources
-
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        # Celery's own __call__ names its first parameter `self`; a message with a kwarg
-        # of that name would crash it before we could reject the message properly.
-        _task_stack.push(self)
-        self.push_request(args=args, kwargs=kwargs)
-        try:
-            return self.run(*args, **kwargs)
-        finally:
-            self.pop_request()
-            _task_stack.pop()
+    throws = (InvalidMessage, IdempotencyConflict, MessageRefused)
 
     def owner(self) -> str:
         """Who holds an event's lease while this run works on it."""

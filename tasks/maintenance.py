@@ -12,15 +12,15 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
-from celery import Celery, Task
+from celery import Celery
 from sqlalchemy import Connection, Engine
 
 from core.settings import Settings
+from core.signing import KeyRing, signed_headers
 from db import sweeps
 from db.ledger import now
-from tasks.base import REDRIVE_HEADER, LedgerTask
+from tasks.base import REDRIVE_HEADER, AuthenticatedTask, LedgerTask
 from tasks.logs import EventLog
-from tasks.resources import ProcessResources
 from tasks.sweeper import Redrive, SweepReport, sweep
 from tasks.telemetry import Telemetry
 
@@ -32,16 +32,20 @@ SWEEP_TASK = "payworker.sweep"
 TOKEN_EXPIRY_SECONDS = 60.0
 
 
-def redrive_publisher(celery_app: Celery, queue: str, producer: Any) -> Callable[[Redrive], None]:
-    """Publishes re-drives on `queue`: the event's own payment task, marked as a re-drive."""
+def redrive_publisher(
+    celery_app: Celery, queue: str, producer: Any, keys: KeyRing | None
+) -> Callable[[Redrive], None]:
+    """Publishes re-drives on `queue`: the event's own payment task, marked as a re-drive,
+    signed with the first of `keys` (PAYWORKER_MESSAGE_KEYS) when there are any."""
 
     def publish(target: Redrive) -> None:
+        signature = signed_headers(keys, target.task_name, target.kwargs)
         celery_app.send_task(
             target.task_name,
             kwargs=target.kwargs,
             queue=queue,
             producer=producer,
-            headers={REDRIVE_HEADER: True},
+            headers={REDRIVE_HEADER: True, **signature},
         )
 
     return publish
@@ -50,7 +54,7 @@ def redrive_publisher(celery_app: Celery, queue: str, producer: Any) -> Callable
 def sweep_in(celery_app: Celery, settings: Settings, conn: Connection) -> SweepReport:
     """One sweep pass in the caller's transaction on `conn`."""
     with celery_app.producer_or_acquire() as producer:
-        publish = redrive_publisher(celery_app, settings.queue, producer)
+        publish = redrive_publisher(celery_app, settings.queue, producer, settings.message_keyring)
         return sweep(
             conn, publish, queue=settings.queue, grace_seconds=settings.redrive_after_seconds
         )
@@ -117,11 +121,10 @@ def periodic_duties(celery_app: Celery, settings: Settings, telemetry: Telemetry
     return [SweepDuty(celery_app, settings, telemetry), TokenExpiryDuty(settings)]
 
 
-class SweepTask(Task):  # type: ignore[misc]
+class SweepTask(AuthenticatedTask):
     """`payworker.sweep`, as older versions' beat published it: one sweep pass."""
 
     abstract = True
-    resources: ProcessResources
 
     def sweep(self) -> dict[str, Any]:
         res = self.resources.get()

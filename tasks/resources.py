@@ -111,6 +111,10 @@ class ProcessResources:
         self._built: tuple[int, Resources] | None = None
         self._lock = threading.Lock()
 
+    def settings(self) -> Settings:
+        """This process's settings, without building anything."""
+        return self._settings()
+
     def get(self) -> Resources:
         """Raises ConfigurationFault when STRIPE_API_KEY is unset."""
         pid = os.getpid()

@@ -23,6 +23,9 @@ class Telemetry(Protocol):
     ) -> None:
         """One Stripe HTTP request ended (`status` None: no answer)."""
 
+    def message_refused(self, task: str, reason: str) -> None:
+        """A message of `task` was refused as not authenticated, for `reason`."""
+
 
 class NoTelemetry:
     """Counts nothing."""
@@ -39,4 +42,7 @@ class NoTelemetry:
     def stripe_request(
         self, method: str, endpoint: str, status: int | None, seconds: float
     ) -> None:
+        pass
+
+    def message_refused(self, task: str, reason: str) -> None:
         pass

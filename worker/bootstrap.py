@@ -67,8 +67,14 @@ def install(app: Celery, resources: ProcessResources) -> None:
             raise UnsafeConfiguration("payworker refuses to start: " + "; ".join(problems))
         resources.tasks_per_process = _note_execution_model(sender)
 
+    def announce_authentication(sender: Any = None, **_: Any) -> None:
+        # At worker_ready, not worker_init: by then the log lines are ours, with a level.
+        if sender is not None and sender.app is app:
+            _announce_authentication()
+
     signals.worker_init.connect(refuse_unsafe_start, weak=False)
     _take_part_in_duties(app, resources)
+    signals.worker_ready.connect(announce_authentication, weak=False)
     signals.worker_process_init.connect(_after_fork, weak=False)
     signals.setup_logging.connect(_setup_logging, weak=False)
     signals.task_prerun.connect(_before_task, weak=False)
@@ -97,6 +103,24 @@ def _take_part_in_duties(app: Celery, resources: ProcessResources) -> None:
 
     signals.worker_ready.connect(lead, weak=False)
     signals.worker_shutdown.connect(resign, weak=False)
+
+
+def _announce_authentication() -> None:
+    """Say at start whether this worker runs only authenticated messages."""
+    ring = get_settings().message_keyring
+    if ring is None:
+        logger.warning(
+            "MESSAGES ARE NOT AUTHENTICATED: PAYWORKER_MESSAGE_KEYS is unset, so any client"
+            " that can publish to the broker can make this worker act on Stripe. Set it in"
+            " production (docs/operations.md, production checklist)."
+        )
+    else:
+        logger.info(
+            "messages are authenticated: unsigned or wrongly signed ones are refused;"
+            " signing key %s, verifying keys %s",
+            ring.signer.key_id,
+            ", ".join(ring.key_ids),
+        )
 
 
 def _note_execution_model(worker: Any) -> int:

@@ -62,6 +62,12 @@ BROKER_RESTORED = Counter(
     ["reason"],
 )
 
+MESSAGES_REFUSED = Counter(
+    "payworker_messages_refused_total",
+    "Messages refused as not authenticated (PAYWORKER_MESSAGE_KEYS), by task and reason.",
+    ["task", "reason"],
+)
+
 
 class PrometheusTelemetry:
     """The task layer's metrics sink (tasks/telemetry.py), as Prometheus counters."""
@@ -82,6 +88,9 @@ class PrometheusTelemetry:
         outcome = str(status) if status is not None else "error"
         STRIPE_REQUESTS.labels(method, endpoint, outcome).inc()
         STRIPE_LATENCY.labels(method, endpoint).observe(seconds)
+
+    def message_refused(self, task: str, reason: str) -> None:
+        MESSAGES_REFUSED.labels(task, reason).inc()
 
 
 class LedgerCollector(Collector):

@@ -39,6 +39,7 @@ class RecordingTelemetry:
         self.retries: list[tuple[str, str]] = []
         self.redrives: list[tuple[str, int]] = []
         self.stripe_requests: list[tuple[str, str, int | None]] = []
+        self.refused: list[tuple[str, str]] = []
 
     def event_finished(self, message_type: str, status: str, age_seconds: float) -> None:
         self.finished.append((message_type, status))
@@ -53,6 +54,9 @@ class RecordingTelemetry:
         self, method: str, endpoint: str, status: int | None, seconds: float
     ) -> None:
         self.stripe_requests.append((method, endpoint, status))
+
+    def message_refused(self, task: str, reason: str) -> None:
+        self.refused.append((task, reason))
 
 
 def new_event(res: Resources, message: Message) -> NewEvent:

@@ -47,7 +47,7 @@ def replay(
     )
     with app.producer_or_acquire() as producer, progress:
         bar = progress.add_task("replay", total=len(unique))
-        publish = redrive_publisher(app, settings.queue, producer)
+        publish = redrive_publisher(app, settings.queue, producer, settings.message_keyring)
 
         for event_id in unique:
             try:

@@ -10,6 +10,9 @@ from typing import Any, NamedTuple
 from celery import Celery
 from sqlalchemy import Engine, text
 
+from core.settings import get_settings
+from core.signing import signed_headers
+
 # Card numbers the fake knows. One number always gives one fingerprint (what card dedup keys
 # on); 4000000000000341 attaches fine and is declined only when charged.
 VISA, MASTERCARD, DEBIT, DECLINES = (
@@ -109,7 +112,10 @@ class Batch:
             elif isinstance(value, CardOf):
                 value = (self.event(value.tag)["result"] or {}).get("card_id")
             body[name] = value
-        self.app.send_task(f"payments.{type_}", kwargs=body, queue=self.queue)
+        name = f"payments.{type_}"
+        # Signed as an upstream app signs, when the demo's worker has message keys.
+        headers = signed_headers(get_settings().message_keyring, name, body)
+        self.app.send_task(name, kwargs=body, queue=self.queue, headers=headers)
         self.expected[self.id(tag)] = expect
         self.sent += 1
 
