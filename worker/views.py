@@ -16,6 +16,7 @@ from core.settings import Settings
 from db.duties import DutyRow
 from db.models import EventStatus
 from db.queries import EventLine, EventRecord, StatusOverview
+from db.refusals import RefusalSummary
 
 SEALED_MARKER = "<sealed>"  # stands where the ciphertext of a card token is kept
 
@@ -277,3 +278,29 @@ def duty_json(health: DutyHealth) -> dict[str, Any]:
     out["stale_after_seconds"] = health.stale_after
     out["stale"] = health.stale
     return out
+
+
+# ---- refused (not authenticated) messages ---------------------------------------------------
+
+
+def refusals_json(summary: RefusalSummary) -> dict[str, Any]:
+    """`status --json`, "refused": messages refused as not authenticated, by reason."""
+    return {
+        "today": summary.today_total,
+        f"last_{summary.days}_days": summary.recent_total,
+        "by_reason": dict(sorted(summary.recent.items())),
+        "last_at": summary.last_at.isoformat() if summary.last_at else None,
+    }
+
+
+def refusals_line(summary: RefusalSummary, moment: datetime) -> str:
+    """`status`: one line about refused (not authenticated) messages, red when any."""
+    if not summary.recent_total:
+        return f"[green]refused (not authenticated): 0 in {summary.days} days[/green]"
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.recent.items()))
+    last = f"; last {age_text(moment - summary.last_at)} ago" if summary.last_at else ""
+    return (
+        f"[bold red]refused (not authenticated): {summary.today_total} today,"
+        f" {summary.recent_total} in {summary.days} days ({reasons}){last}[/bold red];"
+        " see docs/operations.md, refused messages"
+    )

@@ -14,6 +14,7 @@ from rich.markup import escape
 from core.settings import get_settings
 from db.models import EventStatus
 from db.queries import event_record, list_events, status_overview
+from db.refusals import refusal_summary
 from db.session import get_engine
 from tasks.messages import MESSAGE_TYPES
 from worker.cli.base import console, errors
@@ -25,6 +26,8 @@ from worker.views import (
     event_json,
     event_line_json,
     events_table,
+    refusals_json,
+    refusals_line,
     status_json,
     status_table,
 )
@@ -107,15 +110,18 @@ def events_show(event_id: str) -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
-    """Events by type and status, retries due, the oldest unfinished event, and who leads
-    the sweep of PAYWORKER_QUEUE (a warning when it has not run for too long)."""
+    """Events by type and status, retries due, the oldest unfinished event, who leads
+    the sweep of PAYWORKER_QUEUE (a warning when it has not run for too long), and the
+    messages refused as not authenticated."""
     settings = get_settings()
     with get_engine(settings.database_url).connect() as conn:
         overview = status_overview(conn, queue=settings.queue)
+        refused = refusal_summary(conn)
     duties = duty_health(overview, settings)
     warnings = duty_warnings(duties, settings.queue)
     if as_json:
-        print(json.dumps(status_json(overview, duties, warnings), indent=2))
+        shown = {**status_json(overview, duties, warnings), "refused": refusals_json(refused)}
+        print(json.dumps(shown, indent=2))
         return
     console.print(status_table(overview))
     dead = overview.by_status(EventStatus.DEAD)
@@ -137,6 +143,7 @@ def status(
         ),
         soft_wrap=True,
     )
+    console.print(refusals_line(refused, overview.moment), soft_wrap=True)
     oldest = overview.oldest_unfinished
     if oldest is None:
         console.print("no unfinished events")
