@@ -1,7 +1,8 @@
 """`payworker flower` against a real worker: basic auth, our tasks visible through Flower's
-HTTP API with card tokens masked (from the worker's task-received event and from the
-task-sent event of `payworker publish`), history kept across a restart, and no start
-without credentials."""
+HTTP API with card tokens masked (from the worker's task-received event; the arguments of
+publishers' task-sent events are dropped), history kept across a restart, and no start
+without credentials. tests/integration/test_worker_views.py checks the worker pages and
+`celery inspect`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from tests.conftest import ROOT, WorkerProcess
+from tests.conftest import ROOT, WorkerProcess, upstream_app
 
 VISA = "4242424242424242"
 PAYWORKER = os.path.join(os.path.dirname(sys.executable), "payworker")
@@ -186,26 +187,38 @@ def test_our_tasks_show_in_flower_with_the_card_token_masked(
     assert token not in everything and token not in json.dumps(info, ensure_ascii=False)
 
 
-def test_task_sent_by_payworker_publish_shows_masked(monitored, stripe_fake, ids, broker_url):
+def test_a_publishers_task_sent_event_shows_in_flower_without_its_arguments(
+    monitored, stripe_fake, ids, broker_url
+):
     # Given Flower, and a queue no worker consumes, so that Flower only gets the
-    # publisher's task-sent event
+    # publishers' task-sent events
     worker, flower = monitored
     queue = f"unconsumed_{uuid.uuid4().hex[:8]}"
-    token = stripe_fake.create_card_token(VISA)
+    token, raw = stripe_fake.create_card_token(VISA), stripe_fake.create_card_token(VISA)
     body = json.dumps({"event_id": ids("tok"), "user_id": ids("user"), "token": token})
     env = {**worker.env, "PAYWORKER_QUEUE": queue}
+    careless = upstream_app(broker_url, "careless")
+    careless.conf.task_send_sent_event = True  # its task-sent events carry the raw kwargs
     try:
         # When an operator publishes a card token with `payworker publish`
         done = subprocess.run([PAYWORKER, "publish", "card_token_received", "--json", body],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         task_id = done.stdout.strip()
-        # Then Flower knows the sent task, with the token masked
-        info = flower.task(task_id)
-        assert info["name"] == "payments.card_token_received"
-        assert f"tok_…{token[-4:]}" in info["kwargs"]
-        assert token not in json.dumps(info, ensure_ascii=False)
+        # and an upstream app that sends task-sent events publishes another, unmasked
+        sent = careless.send_task("payments.card_token_received", queue=queue, kwargs={
+            "event_id": ids("raw"), "user_id": ids("user"), "token": raw})
+        # Then Flower knows both sent tasks, without the arguments their publishers gave:
+        # only a payworker worker's (masked) task-received event fills them in
+        for task in (task_id, sent.id):
+            info = flower.task(task)
+            assert info["name"] == "payments.card_token_received"
+            assert info["kwargs"] is None and info["args"] is None, info
+        everything = json.dumps(flower.api("/api/tasks?limit=1000"), ensure_ascii=False)
+        assert token not in everything and raw not in everything
+        assert raw not in flower.get(f"/task/{sent.id}")[1]
     finally:
+        careless.close()
         drop_queue(broker_url, queue)
 
 

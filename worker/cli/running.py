@@ -12,7 +12,7 @@ from rich.markup import escape
 from core.settings import get_settings
 from db.session import get_engine
 from worker.cli.base import celery_app, console, errors
-from worker.flower import FlowerRefused, flower_argv, state_file
+from worker.flower import FlowerRefused, flower_argv, install_event_filter, state_file
 
 
 def worker(
@@ -103,6 +103,7 @@ def flower(
             soft_wrap=True,
         )
     state_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    install_event_filter()
     raise typer.Exit(celery_app().start(argv) or 0)
 
 
