@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.migrate import alembic_config, create_database_if_missing, migrate
 from db.models import Base
+from db.refusals import count_refusal, refusal_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -231,6 +232,35 @@ def test_0002_adds_the_duties_table_to_a_ledger_in_use_and_removes_it_again(fres
             assert _version(conn.engine) == "0001"
             assert conn.execute(text("SELECT count(*) FROM payment_events")).scalar() == 1
         # and upgrading again reaches head
+        command.upgrade(config, "head")
+        assert _version(engine) == _head(url) and _schema_diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0003_adds_the_refusal_counts_and_removes_them_again(fresh_db):
+    # Given a database at 0002
+    _, url = fresh_db
+    create_database_if_missing(url)
+    config = alembic_config(url)
+    command.upgrade(config, "0002")
+    engine = create_engine(url)
+    try:
+        # When it is upgraded to 0003 and three refusals are counted
+        command.upgrade(config, "0003")
+        with engine.begin() as conn:
+            for reason in ("unsigned", "unsigned", "bad_signature"):
+                count_refusal(conn, reason)
+        # Then today's counts are there by reason, and nothing else is stored
+        with engine.connect() as conn:
+            summary = refusal_summary(conn)
+            columns = {c["name"] for c in inspect(engine).get_columns("payworker_refusals")}
+        assert summary.today == {"unsigned": 2, "bad_signature": 1} == summary.recent
+        assert summary.last_at is not None
+        assert columns == {"day", "reason", "count", "last_at"}
+        # When it is downgraded to 0002, the table is gone; upgrading again reaches head
+        command.downgrade(config, "0002")
+        assert "payworker_refusals" not in inspect(engine).get_table_names()
         command.upgrade(config, "head")
         assert _version(engine) == _head(url) and _schema_diff(engine) == []
     finally:
