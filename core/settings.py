@@ -205,6 +205,12 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
+    @field_validator("seal_keys", "seal_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # docker-compose's `${PAYWORKER_SEAL_KEYS:-}` passes an empty string for "unset".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
         if self.retry_backoff_base > self.retry_backoff_max:

@@ -79,6 +79,12 @@ def test_a_live_stripe_key_requires_seal_keys(env):
         build_sealer(settings(**env))
 
 
+def test_a_blank_variable_counts_as_unset():
+    # docker-compose passes `${PAYWORKER_SEAL_KEYS:-}` as an empty string
+    blank = settings(STRIPE_API_KEY=TEST_KEY, PAYWORKER_SEAL_KEYS="", PAYWORKER_SEAL_KEY=" ")
+    assert blank.seal_secrets == [TEST_KEY] and blank.seal_key_problems() == []
+
+
 @pytest.mark.parametrize(("keys", "problem"), [
     ("short-key", "fewer than 32"),
     (" , ", "lists no key"),
