@@ -44,14 +44,17 @@ def replay(
     operator: Annotated[
         str | None,
         typer.Option(
-            "--operator", help="who replays, kept in the replay history [default: the OS user]"
+            "--operator", help="who replays, kept in the replay history (default: the OS user)"
         ),
     ] = None,
 ) -> None:
     """Re-drive dead events from their recovery point with the same idempotency keys.
 
-    Succeeded events are refused; failed ones too unless --force (with --reason); a failed
-    charge also when Stripe holds a succeeded charge of it. Exit 1 if any is refused.
+    Succeeded events are refused; failed ones too unless --force (with --reason).
+
+    A forced charge is refused if Stripe holds a succeeded charge of it.
+
+    Exit 1 if any is refused.
     """
     reason = redact(reason.strip())[:MAX_REASON] if reason and reason.strip() else None
     if force and reason is None:

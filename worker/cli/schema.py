@@ -22,8 +22,10 @@ def migrate(
         ),
     ] = None,
 ) -> None:
-    """Create the database if missing, upgrade the schema to head, and grant runtime roles
-    their privileges (all safe to re-run; run as the schema's owner)."""
+    """Create the database if missing, upgrade the schema to head, grant runtime roles.
+
+    All safe to re-run. Run it as the schema's owner; --grant ROLE needs an existing role.
+    """
     # Alembic takes 50 ms to import: only this command pays for it.
     from db.migrate import RoleError, grant_runtime
     from db.migrate import migrate as run
