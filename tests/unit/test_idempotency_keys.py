@@ -3,10 +3,13 @@ always had, and no two distinct (event, generation, step) derive the same key. P
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import InvalidMessage
 from tasks.gateway import MAX_IDEMPOTENCY_KEY, STEPS, idempotency_key
+from tasks.messages import parse_message
 
 steps = st.sampled_from(sorted(STEPS))
 # Any text, ':' and 'g1'-like tails included, and long enough to need hashing.
@@ -60,3 +63,15 @@ def test_every_key_fits_stripe_and_is_deterministic(e, g, s):
     key = idempotency_key(e, s, g)
     assert len(key) <= MAX_IDEMPOTENCY_KEY
     assert key == idempotency_key(e, s, g)
+
+
+def test_generation_is_a_metadata_key_of_payworkers_own():
+    # A new generation puts `generation` on what it creates: a message may not set it, and
+    # Stripe's 50 keys leave 47 to the app
+    base = {"event_id": "e1", "user_id": "u1", "amount": 1000, "currency": "usd"}
+    with pytest.raises(InvalidMessage, match="reserved"):
+        parse_message("charge_requested", {**base, "metadata": {"generation": "2"}})
+    many = {f"k{i}": "v" for i in range(47)}
+    assert parse_message("charge_requested", {**base, "metadata": many})
+    with pytest.raises(InvalidMessage):
+        parse_message("charge_requested", {**base, "metadata": {**many, "k47": "v"}})
