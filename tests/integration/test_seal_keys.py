@@ -24,6 +24,9 @@ def test_a_worker_with_a_live_stripe_key_and_no_seal_keys_refuses_to_start(
     env = worker_env(database_url, broker_url, stripe_fake.url, queue,
                      STRIPE_API_KEY="sk_live_payworker_refusal_test_0001")
     env.pop("PAYWORKER_SEAL_KEYS", None)
+    # A live key never goes with STRIPE_API_BASE (a refusal of its own); this worker never
+    # reaches Stripe anyway
+    env.pop("STRIPE_API_BASE", None)
     # A worker that started would consume until the timeout kills it, and fail the test
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queue,

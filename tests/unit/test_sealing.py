@@ -20,7 +20,7 @@ NEWER_KEY = "newer-seal-key_8f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f"
 
 def settings(**env: str) -> Settings:
     """Settings from exactly these variables (whatever the environment of the run holds)."""
-    names = ("STRIPE_API_KEY", "PAYWORKER_SEAL_KEYS", "PAYWORKER_SEAL_KEY")
+    names = ("STRIPE_API_KEY", "STRIPE_API_BASE", "PAYWORKER_SEAL_KEYS", "PAYWORKER_SEAL_KEY")
     return Settings(**{name: env.get(name) for name in names})  # type: ignore[arg-type]
 
 
