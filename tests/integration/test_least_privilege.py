@@ -20,7 +20,7 @@ from sqlalchemy.exc import ProgrammingError
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.test_operator_cli import PAYWORKER, ROOT
 
-TABLES = ("payment_events", "customers", "cards", "charges")
+TABLES = ("payment_events", "customers", "cards", "charges", "payworker_duties")
 
 
 def payworker(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -105,6 +105,8 @@ def test_a_worker_runs_the_core_flow_as_a_least_privileged_role(
         assert {e: r["status"] for e, r in rows.items()} == dict.fromkeys(
             (reg, tok, chg), "succeeded"), rows
         assert "permission denied" not in worker.log()
+        # and the worker leads the queue's periodic duties (the sweep) as that role too
+        assert "leading the periodic duties" in worker.log()
         # and the operator's reads work as that role too
         shown = payworker(role_url, "events", "show", chg)
         assert shown.returncode == 0, shown.stderr
