@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Extra pytest arguments for the test targets, e.g. `make test PYTEST_ARGS="-x -s"`.
 PYTEST_ARGS ?=
 
-.PHONY: install services demo test test-redis test-rabbitmq lint bench clean
+.PHONY: install services demo test test-redis test-rabbitmq lint bench clean lock
 
 install: $(VENV)/.installed
 
@@ -55,5 +55,26 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# `make lock`: requirements.lock, the runtime dependencies of pyproject.toml (no extras:
+# never localstripe) and the build backend, every file with its sha256, resolved on PyPI
+# alone (no local pip configuration or wheel directory). The Dockerfile installs from it
+# with --require-hashes. Run it after changing a dependency range (pins still allowed are
+# kept), `make lock PIP_COMPILE_ARGS=--upgrade` to take every upgrade the ranges allow;
+# commit the result. pip-tools lives in its own throwaway venv.
+LOCK_VENV ?= .lock-venv
+# The image's Python (Dockerfile: python:3.11-slim): markers resolve for this version.
+LOCK_PYTHON ?= python3.11
+PIP_TOOLS ?= pip-tools>=7.4,<8
+PIP_COMPILE_ARGS ?=
+lock:
+	$(LOCK_PYTHON) -m venv $(LOCK_VENV)
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/python -m pip install \
+		--quiet --index-url https://pypi.org/simple '$(PIP_TOOLS)'
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile --quiet \
+		--generate-hashes --allow-unsafe --strip-extras --build-deps-for wheel \
+		--no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+		$(PIP_COMPILE_ARGS) --output-file requirements.lock pyproject.toml
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .ruff_cache .pytest_cache

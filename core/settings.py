@@ -30,6 +30,11 @@ USER_CHARGE_WINDOW_SECONDS = 3600
 # Stripe's own ceiling on an amount (eight digits of minor units).
 STRIPE_MAX_AMOUNT = 99_999_999
 _MAX_AMOUNT_ITEM = re.compile(r"([A-Za-z]{3})\s*:\s*([0-9]+)")
+# Stripe keys that move real money.
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+# The sealing key is an HKDF input: 32 characters of `secrets.token_urlsafe(32)` carry
+# 192 bits, more than enough; fewer suggests a password typed by hand.
+MIN_SEAL_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -88,7 +93,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9808, alias="PAYWORKER_METRICS_PORT", ge=1, le=65535)
     metrics_address: str = Field("127.0.0.1", alias="PAYWORKER_METRICS_ADDRESS")
 
-    # Secret that seals card tokens kept for re-driving; defaults to the Stripe key.
+    # --- Token sealing keys (tasks/sealing.py) ---
+    # Secrets that seal card tokens kept for re-driving, comma-separated: the first seals,
+    # every one opens (rotation: put the new one first, keep the old ones until the tokens
+    # they sealed are gone). Required with a live Stripe key, so that rotating a leaked
+    # Stripe key never makes sealed tokens unreadable. Precedence: PAYWORKER_SEAL_KEYS, else
+    # PAYWORKER_SEAL_KEY (one secret), else the Stripe key itself (test keys only).
+    seal_keys: SecretStr | None = Field(None, alias="PAYWORKER_SEAL_KEYS")
+    # The single secret of earlier releases; still honoured when PAYWORKER_SEAL_KEYS is unset.
     seal_key: SecretStr | None = Field(None, alias="PAYWORKER_SEAL_KEY")
 
     # `payworker flower`: HTTP basic auth as "user:password" (several: "u1:p1,u2:p2"),
@@ -218,6 +230,12 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
+    @field_validator("seal_keys", "seal_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # docker-compose's `${PAYWORKER_SEAL_KEYS:-}` passes an empty string for "unset".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
         if self.retry_backoff_base > self.retry_backoff_max:
@@ -257,9 +275,14 @@ class Settings(BaseSettings):
         for the key's mode (live keys 100/s, test keys and no key 25/s)."""
         if self.stripe_rate is not None:
             return self.stripe_rate
-        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
-        live = key.startswith(("sk_live_", "rk_live_"))
+        live = self.stripe_key_is_live
         return (STRIPE_LIVE_RATE if live else STRIPE_TEST_RATE) * DEFAULT_RATE_HEADROOM
+
+    @property
+    def stripe_key_is_live(self) -> bool:
+        """True for a live-mode secret or restricted key (real money)."""
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        return key.startswith(LIVE_KEY_PREFIXES)
 
     @property
     def rate_limit_redis(self) -> str | None:
@@ -292,9 +315,44 @@ class Settings(BaseSettings):
         )
 
     @property
-    def seal_secret(self) -> str | None:
+    def seal_secrets(self) -> list[str]:
+        """The secrets that seal card tokens, the sealing one first: PAYWORKER_SEAL_KEYS, else
+        PAYWORKER_SEAL_KEY, else the Stripe key; empty when none is set. Whether they may be
+        used is `seal_key_problems`' question."""
+        if self.seal_keys is not None:
+            listed = self.seal_keys.get_secret_value().split(",")
+            return [secret.strip() for secret in listed if secret.strip()]
         secret = self.seal_key or self.stripe_api_key
-        return secret.get_secret_value() if secret is not None else None
+        return [secret.get_secret_value()] if secret is not None else []
+
+    def seal_key_problems(self) -> list[str]:
+        """Why the sealing keys must not be used; empty when they may."""
+        if self.seal_keys is None:
+            if self.stripe_key_is_live:
+                return [
+                    "PAYWORKER_SEAL_KEYS is not set: a live Stripe key needs sealing keys of its"
+                    " own (see docs/operations.md, Production checklist); list the old"
+                    " PAYWORKER_SEAL_KEY or Stripe key after the new one so that tokens sealed"
+                    " before still open"
+                ]
+            return []
+        secrets = self.seal_secrets
+        if not secrets:
+            return ["PAYWORKER_SEAL_KEYS is set but lists no key"]
+        problems = []
+        if len(secrets[0]) < MIN_SEAL_KEY_LENGTH:
+            problems.append(
+                f"the first key of PAYWORKER_SEAL_KEYS (the one that seals) has"
+                f" {len(secrets[0])} characters, fewer than {MIN_SEAL_KEY_LENGTH}: generate one"
+                " with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        api_key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else None
+        if api_key is not None and secrets[0] == api_key:
+            problems.append(
+                "the first key of PAYWORKER_SEAL_KEYS is the Stripe key: rotating that key"
+                " would lose the sealed tokens; put a key of its own first"
+            )
+        return problems
 
     def unsafe_reasons(self) -> list[str]:
         """Why this configuration could lose or double a message; empty when safe."""

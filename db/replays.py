@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, select, update
 
 from db.ledger_sql import EVENTS
 from db.models import EventStatus
@@ -34,18 +34,26 @@ class EventRow:
     completed_at: datetime | None
 
 
+_e = EVENTS.c
+_ROW = select(
+    _e.event_id, _e.type, _e.user_id, _e.payload, _e.status, _e.error_code, _e.error_message,
+    _e.last_error, _e.result, _e.recovery_point, _e.progress, _e.attempts, _e.generation,
+    _e.queue, _e.sealed_token, _e.completed_at,
+)  # fmt: skip
+
+
 def locked_event(conn: Connection, event_id: str) -> EventRow | None:
     """The event, locked until the transaction ends; None if unknown."""
-    e = EVENTS.c
-    row = conn.execute(
-        select(
-            e.event_id, e.type, e.user_id, e.payload, e.status, e.error_code, e.error_message,
-            e.last_error, e.result, e.recovery_point, e.progress, e.attempts, e.generation,
-            e.queue, e.sealed_token, e.completed_at,
-        )
-        .where(e.event_id == event_id)
-        .with_for_update()
-    ).first()  # fmt: skip
+    return _event(conn, _ROW.where(_e.event_id == event_id).with_for_update())
+
+
+def event(conn: Connection, event_id: str) -> EventRow | None:
+    """The event as it is now, not locked (a look before a transaction); None if unknown."""
+    return _event(conn, _ROW.where(_e.event_id == event_id))
+
+
+def _event(conn: Connection, query: Select[Any]) -> EventRow | None:
+    row = conn.execute(query).first()
     if row is None:
         return None
     return EventRow(**{**row._mapping, "progress": dict(row.progress or {})})

@@ -34,16 +34,48 @@ from tasks.stripe_http import LimitedRequestsClient, Observer
 MAX_IDEMPOTENCY_KEY = 255
 # Invalid-request codes that are business outcomes of their own in our contract.
 _OWN_CODES = {"amount_too_small", "amount_too_large"}
+# Steps never contain ':', so the step of any key is what follows its last ':'.
+STEPS = frozenset({"customer", "attach", "default", "charge"})
+# Generation >= 1 keys start with this, which no generation-0 key can (see idempotency_key).
+GENERATION_PREFIX = "pwg:"
+# Their hashed form (for event ids too long for a key), again a prefix of its own.
+HASHED_GENERATION_PREFIX = "pwh:"
 
 
-def idempotency_key(event_id: str, step: str, generation: int = 0) -> str:
-    """Our deterministic key for one step of one event: a retry or a redelivery repeats it."""
-    prefix = f"pw:{event_id}" if generation == 0 else f"pw:{event_id}:g{generation}"
-    key = f"{prefix}:{step}"
+def idempotency_key(event_id: str, step: str, generation: int = 0, *, legacy: bool = False) -> str:
+    """Our deterministic key for one step of one generation of an event: a retry or a
+    redelivery repeats it, and no other (event, generation, step) can derive it.
+
+    - Generation 0: `pw:{event_id}:{step}`, as it has always been (an event in flight
+      across an upgrade must send the same key again, or a resumed charge could double).
+      Every generation-0 key therefore starts with the three characters `pw:`.
+    - Generation n >= 1: `pwg:{n}:{event_id}:{step}`. Its fourth character is `g`, not the
+      `:` of `pw:`, so it can never equal a generation-0 key, whatever the event id
+      contains (a separator "ids cannot contain" would lean on validation; a prefix leans on
+      nothing). Among themselves they are unambiguous: `n` is digits ended by the first
+      `:`, the step is what follows the last `:` (steps have none), the event id is the rest.
+    - A key longer than Stripe's 255 characters is hashed: generation 0 keeps its
+      `pw:sha256:{sha256(event_id)}:g0:{step}`; generation n uses
+      `pwh:{n}:{sha256(event_id)}:{step}`, again a prefix of its own. (Messages limit
+      event ids to 200 characters, so no valid event needs hashing: `pw:`, 200 characters
+      and `:{step}` fit in 255.)
+    - `legacy`: the key of a generation >= 1 that an operator started before the `pwg:`
+      form existed, `pw:{event_id}:g{n}:{step}`, which its resumed writes must keep
+      sending. That form is ambiguous: generation 0 of event "order-7:g1" and generation 1
+      of "order-7" both give `pw:order-7:g1:charge`.
+    """
+    if generation == 0:
+        key = f"pw:{event_id}:{step}"
+    elif legacy:
+        key = f"pw:{event_id}:g{generation}:{step}"
+    else:
+        key = f"{GENERATION_PREFIX}{generation}:{event_id}:{step}"
     if len(key) <= MAX_IDEMPOTENCY_KEY:
         return key
     digest = hashlib.sha256(event_id.encode()).hexdigest()
-    return f"pw:sha256:{digest}:g{generation}:{step}"
+    if generation == 0 or legacy:
+        return f"pw:sha256:{digest}:g{generation}:{step}"
+    return f"{HASHED_GENERATION_PREFIX}{generation}:{digest}:{step}"
 
 
 @dataclass(frozen=True)
@@ -87,9 +119,13 @@ def _charge(charge: Any) -> ChargeOutcome:
     )
 
 
-def _made_by(obj: Any, event_id: str) -> bool:
+def _made_by(obj: Any, event_id: str, generation: int | None) -> bool:
+    """True when `obj` carries our metadata of `event_id` and, unless `generation` is None,
+    of that generation (objects of generation 0 carry no `generation` key)."""
     metadata = getattr(obj, "metadata", None)
-    return metadata is not None and getattr(metadata, "event_id", None) == event_id
+    if metadata is None or getattr(metadata, "event_id", None) != event_id:
+        return False
+    return generation is None or str(getattr(metadata, "generation", "0")) == str(generation)
 
 
 class StripeGateway:
@@ -134,33 +170,51 @@ class StripeGateway:
             )
         return str(customer.id)
 
-    def find_customer(self, *, email: str, event_id: str) -> str | None:
-        """The customer an event created, found by its metadata (after the key expired)."""
+    def find_customer(
+        self, *, email: str, event_id: str, generation: int | None = None
+    ) -> str | None:
+        """The customer an event (of `generation`; None: any) created, found by its metadata
+        (after the key expired)."""
         with _translated():
             page = self._client.v1.customers.list(params={"email": email, "limit": 100})
             for customer in page.auto_paging_iter():
-                if _made_by(customer, event_id):
+                if _made_by(customer, event_id, generation):
                     return str(customer.id)
         return None
 
-    def find_card(self, *, customer_id: str, event_id: str) -> CardDetails | None:
-        """The card an event attached, found by its metadata (after the key expired)."""
+    def find_card(
+        self, *, customer_id: str, event_id: str, generation: int | None = None
+    ) -> CardDetails | None:
+        """The card an event (of `generation`; None: any) attached, found by its metadata
+        (after the key expired)."""
         with _translated():
             page = self._client.v1.customers.payment_sources.list(
                 customer_id, params={"object": "card", "limit": 100}
             )
             for card in page.auto_paging_iter():
-                if _made_by(card, event_id):
+                if _made_by(card, event_id, generation):
                     return _card(card)
         return None
 
-    def find_charge(self, *, customer_id: str, event_id: str) -> ChargeOutcome | None:
-        """The charge an event created, found by its metadata (after the key expired)."""
+    def find_charge(
+        self,
+        *,
+        customer_id: str,
+        event_id: str,
+        generation: int | None = None,
+        succeeded: bool = False,
+    ) -> ChargeOutcome | None:
+        """The charge an event (of `generation`; None: any) created, found by its metadata
+        (after the key expired); with `succeeded`, only a succeeded one (before a forced
+        replay: the customer must not pay twice). Stripe lists the newest first."""
         with _translated():
             page = self._client.v1.charges.list(params={"customer": customer_id, "limit": 100})
             for charge in page.auto_paging_iter():
-                if _made_by(charge, event_id):
-                    return _charge(charge)
+                if not _made_by(charge, event_id, generation):
+                    continue
+                if succeeded and str(charge.status) != "succeeded":
+                    continue
+                return _charge(charge)
         return None
 
     def retrieve_token(self, token: str) -> CardDetails:

@@ -49,14 +49,19 @@ CardId = Annotated[
 ]
 Currency = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z]{3}$", to_lower=True)]
 # Stripe's metadata limits: 50 keys, keys up to 40 characters without square brackets
-# (Stripe reads `a[b]` as nesting), values up to 500. Two keys are ours (event_id,
-# user_id), so upstream apps get 48.
+# (Stripe reads `a[b]` as nesting), values up to 500. Three keys are ours (event_id,
+# user_id, and generation on what a forced replay's new generation creates), so upstream
+# apps get 47.
 MetaKey = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=40, pattern=r"^[^\[\]]+$")
 ]
 MetaValue = Annotated[str, StringConstraints(strict=True, max_length=500)]
-Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=48)]
-RESERVED_METADATA_KEYS = frozenset({"event_id", "user_id"})
+GENERATION_METADATA_KEY = "generation"
+RESERVED_METADATA_KEYS = frozenset({"event_id", "user_id", GENERATION_METADATA_KEY})
+STRIPE_METADATA_KEYS = 50
+Metadata = Annotated[
+    dict[MetaKey, MetaValue], Field(max_length=STRIPE_METADATA_KEYS - len(RESERVED_METADATA_KEYS))
+]
 
 
 class Message(BaseModel):

@@ -25,7 +25,7 @@ from core.settings import Settings
 from db.ledger import STARTED, Claim, now
 from db.replays import EventRow
 from tasks.gateway import StripeGateway, idempotency_key
-from tasks.messages import Message
+from tasks.messages import GENERATION_METADATA_KEY, Message
 
 
 class Progress(BaseModel):
@@ -37,6 +37,24 @@ class Progress(BaseModel):
     # When the idempotency key of the pending Stripe write was first used: Stripe forgets
     # a key after 24 hours, and the outcome must then be looked up by metadata instead.
     write_started_at: datetime | None = None
+
+
+# A generation >= 1 started by `payworker replay --force` since idempotency keys of new
+# generations took the `pwg:` form has this key in its progress (tasks/replay.py writes
+# it). One started before has not: until it ends, it keeps the keys it was started with
+# (`pw:{event_id}:g{n}:{step}`) and the metadata it sent, or a resumed write could double.
+KEY_FORM = "key_form"
+GENERATION_KEYS = "pwg"
+
+
+def legacy_keys(generation: int, progress: Mapping[str, Any]) -> bool:
+    """True for a generation >= 1 started before the `pwg:` key form (see KEY_FORM)."""
+    return generation > 0 and progress.get(KEY_FORM) != GENERATION_KEYS
+
+
+def key_pattern(event_id: str, generation: int, progress: Mapping[str, Any]) -> str:
+    """The idempotency keys of an event's generation, `{step}` standing for the step."""
+    return idempotency_key(event_id, "{step}", generation, legacy=legacy_keys(generation, progress))
 
 
 M = TypeVar("M", bound=Message)
@@ -98,9 +116,32 @@ class Run(Generic[M, P]):
     def point(self) -> str:
         return self.claim.recovery_point
 
+    @property
+    def legacy_generation(self) -> bool:
+        """True for a generation >= 1 started before the `pwg:` key form (see KEY_FORM)."""
+        return legacy_keys(self.claim.generation, self.claim.progress)
+
     def key(self, step: str) -> str:
-        """The deterministic Stripe idempotency key of `step` for this event."""
-        return idempotency_key(self.claim.event_id, step, self.claim.generation)
+        """The deterministic Stripe idempotency key of `step` for this event's generation."""
+        return idempotency_key(
+            self.claim.event_id, step, self.claim.generation, legacy=self.legacy_generation
+        )
+
+    def metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Stripe metadata of what this run creates: `extra`, `event_id`, `user_id`, and for a
+        generation >= 1 its number (`generation`). Generation 0 (and a legacy generation)
+        adds nothing: a resumed write must repeat the parameters it was first sent with, as
+        Stripe refuses a key reused with other ones."""
+        metadata = self.message.stripe_metadata(extra)
+        if self.claim.generation > 0 and not self.legacy_generation:
+            metadata[GENERATION_METADATA_KEY] = str(self.claim.generation)
+        return metadata
+
+    @property
+    def lookup_generation(self) -> int | None:
+        """The generation an object made by this run carries in its metadata, to find it by
+        (generation 0: none); None for a legacy generation, whose objects carry no number."""
+        return None if self.legacy_generation else self.claim.generation
 
     def key_may_have_expired(self) -> bool:
         """True when Stripe may have forgotten the key of the pending write: its outcome
@@ -164,6 +205,9 @@ class Workflow(Generic[M, P]):
     token_needed_at: frozenset[str] = field(default_factory=frozenset)
     # A new generation of a failed event: where it starts, or why it cannot (a refusal).
     regenerate: Callable[[Connection, EventRow], Regeneration | str] = _start_over
+    # Asked before a new generation, outside any transaction: does Stripe already hold what
+    # the new generation would make a second time (a succeeded charge)? A refusal, or None.
+    check_stripe: Callable[[StripeGateway, Engine, EventRow], str | None] | None = None
 
     def progress_of(self, claim: Claim) -> P:
         return self.progress.model_validate(claim.progress)

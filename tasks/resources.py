@@ -71,10 +71,12 @@ def build_limiter(settings: Settings, api_key: str) -> Limiter:
     return RedisLimiter(pace, url, bucket_for(api_key))
 
 
-def build_resources(
-    settings: Settings, telemetry: Telemetry, *, tasks_per_process: int = 1
-) -> Resources:
-    """Everything a task needs. Raises ConfigurationFault when STRIPE_API_KEY is unset."""
+def build_gateway(settings: Settings, telemetry: Telemetry) -> tuple[StripeGateway, Limiter]:
+    """The Stripe gateway and its limiter (the shared one when there is Redis).
+
+    Raises:
+        ConfigurationFault: STRIPE_API_KEY is unset.
+    """
     if settings.stripe_api_key is None:
         raise ConfigurationFault("STRIPE_API_KEY is not set")
     api_key = settings.stripe_api_key.get_secret_value()
@@ -88,7 +90,35 @@ def build_resources(
         limiter=limiter,
         observer=telemetry.stripe_request,
     )
-    sealer = TokenSealer(settings.seal_secret or api_key)
+    return gateway, limiter
+
+
+def build_sealer(settings: Settings) -> TokenSealer:
+    """The card-token sealer of `settings.seal_secrets`, each secret registered for masking.
+
+    Raises:
+        ConfigurationFault: no usable sealing key (a live Stripe key without
+            PAYWORKER_SEAL_KEYS, a short or missing first key).
+    """
+    problems = settings.seal_key_problems()
+    secrets = settings.seal_secrets
+    if problems or not secrets:
+        raise ConfigurationFault("; ".join(problems) or "no sealing key: set PAYWORKER_SEAL_KEYS")
+    for secret in secrets:
+        register_secret(secret)
+    return TokenSealer(secrets)
+
+
+def build_resources(
+    settings: Settings, telemetry: Telemetry, *, tasks_per_process: int = 1
+) -> Resources:
+    """Everything a task needs.
+
+    Raises:
+        ConfigurationFault: STRIPE_API_KEY is unset, or no usable sealing key.
+    """
+    gateway, limiter = build_gateway(settings, telemetry)
+    sealer = build_sealer(settings)
     engine = get_engine(
         settings.database_url,
         pool_size=db_pool_size(settings, tasks_per_process),
@@ -116,7 +146,7 @@ class ProcessResources:
         return self._settings()
 
     def get(self) -> Resources:
-        """Raises ConfigurationFault when STRIPE_API_KEY is unset."""
+        """Raises ConfigurationFault when STRIPE_API_KEY or a usable sealing key is missing."""
         pid = os.getpid()
         built = self._built
         if built is None or built[0] != pid:

@@ -38,6 +38,7 @@ def check_worker_config(conf: Any) -> list[str]:
     problems = []
     if settings.stripe_api_key is None:
         problems.append("STRIPE_API_KEY is not set")
+    problems.extend(settings.seal_key_problems())
     if not conf.task_acks_late:
         problems.append("task_acks_late is off: a crashed worker would lose its message")
     if not conf.task_reject_on_worker_lost:
@@ -57,9 +58,11 @@ def install(app: Celery, resources: ProcessResources) -> None:
         if sender is None or sender.app is not app:
             return
         install_redaction()
-        key = get_settings().stripe_api_key
-        if key is not None:
-            register_secret(key.get_secret_value())
+        settings = get_settings()
+        if settings.stripe_api_key is not None:
+            register_secret(settings.stripe_api_key.get_secret_value())
+        for secret in settings.seal_secrets:
+            register_secret(secret)
         problems = check_worker_config(app.conf)
         if problems:
             for problem in problems:

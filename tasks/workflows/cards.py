@@ -126,9 +126,11 @@ def _attach(run: TokenRun) -> CardDetails:
     customer_id = _customer(run, run.progress.customer_id)
     attached = None
     if run.key_may_have_expired():
-        attached = run.gateway.find_card(customer_id=customer_id, event_id=msg.event_id)
+        attached = run.gateway.find_card(
+            customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
+        )
     return attached or run.gateway.attach_card(
-        run.key("attach"), customer_id=customer_id, token=msg.token, metadata=msg.stripe_metadata()
+        run.key("attach"), customer_id=customer_id, token=msg.token, metadata=run.metadata()
     )
 
 

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from core.errors import CardDeclined, PermanentError, PrerequisiteMissing, StripeNotFound
 from core.settings import USER_CHARGE_WINDOW_SECONDS
@@ -21,7 +21,7 @@ from db import charges, users
 from db.ledger import STARTED
 from db.models import ChargeStatus
 from db.replays import EventRow
-from tasks.gateway import ChargeOutcome
+from tasks.gateway import ChargeOutcome, StripeGateway
 from tasks.messages import ChargeRequested
 from tasks.money import check_charge_amount
 from tasks.phases import (
@@ -150,7 +150,9 @@ def _charge(run: ChargeRun) -> ChargeOutcome | _Declined:
         outcome = None
         if run.key_may_have_expired():
             outcome = run.gateway.find_charge(
-                customer_id=progress.customer_id, event_id=msg.event_id
+                customer_id=progress.customer_id,
+                event_id=msg.event_id,
+                generation=run.lookup_generation,
             )
         return outcome or run.gateway.create_charge(
             run.key("charge"),
@@ -159,7 +161,7 @@ def _charge(run: ChargeRun) -> ChargeOutcome | _Declined:
             amount=msg.amount,
             currency=msg.currency,
             description=msg.description,
-            metadata=msg.stripe_metadata(msg.metadata),
+            metadata=run.metadata(msg.metadata),
         )
     except CardDeclined as declined:
         return _Declined(declined)
@@ -242,6 +244,25 @@ def _regenerate(conn: Connection, event: EventRow) -> Regeneration | str:
     return Regeneration(Point.CHARGING, progress, record)
 
 
+def _charged_on_stripe(gateway: StripeGateway, engine: Engine, event: EventRow) -> str | None:
+    """Before a new generation: a succeeded charge of this event on Stripe, of any
+    generation, refuses it (the ledger says failed, yet the customer paid: a lost outcome
+    to look into, not a charge to repeat)."""
+    customer_id = ChargeProgress.model_validate(event.progress).customer_id
+    if customer_id is None and event.user_id is not None:
+        with engine.connect() as conn:
+            customer_id = users.customer_id(conn, event.user_id)
+    if customer_id is None:
+        return None  # the user has no customer: nothing can have been charged
+    found = gateway.find_charge(customer_id=customer_id, event_id=event.event_id, succeeded=True)
+    if found is None:
+        return None
+    return (
+        f"Stripe holds a succeeded charge of this event, {found.charge_id}: a new generation"
+        " would charge the customer twice; look at that charge on Stripe"
+    )
+
+
 WORKFLOW: Workflow[ChargeRequested, ChargeProgress] = Workflow(
     message_type="charge_requested",
     progress=ChargeProgress,
@@ -251,4 +272,5 @@ WORKFLOW: Workflow[ChargeRequested, ChargeProgress] = Workflow(
     },
     on_failure=_record_failure,
     regenerate=_regenerate,
+    check_stripe=_charged_on_stripe,
 )

@@ -76,12 +76,14 @@ def _create(run: CustomerRun) -> tuple[str, bool]:
         return existing, True
     found = None
     if run.key_may_have_expired():
-        found = run.gateway.find_customer(email=msg.email, event_id=msg.event_id)
+        found = run.gateway.find_customer(
+            email=msg.email, event_id=msg.event_id, generation=run.lookup_generation
+        )
     created = found or run.gateway.create_customer(
         run.key("customer"),
         email=msg.email,
         name=msg.name,
-        metadata=msg.stripe_metadata(msg.metadata),
+        metadata=run.metadata(msg.metadata),
     )
     return created, False
 

@@ -185,14 +185,17 @@ class FakeGateway:
             "create_customer", key, params, lambda: self._new_customer(email, name, metadata)
         )
 
-    def find_customer(self, *, email: str, event_id: str) -> str | None:
+    def find_customer(
+        self, *, email: str, event_id: str, generation: int | None = None
+    ) -> str | None:
         def find() -> str | None:
-            for customer in self.customers.values():
-                if customer.email == email and customer.metadata.get("event_id") == event_id:
+            for customer in reversed(self.customers.values()):  # Stripe: newest first
+                if customer.email == email and _made_by(customer.metadata, event_id, generation):
                     return customer.id
             return None
 
-        return self._call("find_customer", None, {"email": email, "event_id": event_id}, find)
+        params = {"email": email, "event_id": event_id, "generation": generation}
+        return self._call("find_customer", None, params, find)
 
     def retrieve_token(self, token: str) -> CardDetails:
         def retrieve() -> CardDetails:
@@ -210,15 +213,17 @@ class FakeGateway:
             "attach_card", key, params, lambda: self._attach(customer_id, token, metadata)
         )
 
-    def find_card(self, *, customer_id: str, event_id: str) -> CardDetails | None:
+    def find_card(
+        self, *, customer_id: str, event_id: str, generation: int | None = None
+    ) -> CardDetails | None:
         def find() -> CardDetails | None:
-            for card_id in self._customer(customer_id).cards:
+            for card_id in reversed(self._customer(customer_id).cards):
                 card = self.cards[card_id]
-                if card.metadata.get("event_id") == event_id:
+                if _made_by(card.metadata, event_id, generation):
                     return card.details
             return None
 
-        params = {"customer_id": customer_id, "event_id": event_id}
+        params = {"customer_id": customer_id, "event_id": event_id, "generation": generation}
         return self._call("find_card", None, params, find)
 
     def delete_card(self, *, customer_id: str, card_id: str) -> None:
@@ -264,15 +269,29 @@ class FakeGateway:
         }
         return self._call("create_charge", key, params, lambda: self._charge(**params))
 
-    def find_charge(self, *, customer_id: str, event_id: str) -> ChargeOutcome | None:
+    def find_charge(
+        self,
+        *,
+        customer_id: str,
+        event_id: str,
+        generation: int | None = None,
+        succeeded: bool = False,
+    ) -> ChargeOutcome | None:
         def find() -> ChargeOutcome | None:
-            for charge in self.charges.values():
-                made_by_event = charge.metadata.get("event_id") == event_id
+            for charge in reversed(self.charges.values()):  # Stripe: newest first
+                made_by_event = _made_by(charge.metadata, event_id, generation)
                 if charge.customer_id == customer_id and made_by_event:
-                    return charge.outcome()
+                    outcome = charge.outcome()
+                    if not succeeded or outcome.status == "succeeded":
+                        return outcome
             return None
 
-        params = {"customer_id": customer_id, "event_id": event_id}
+        params = {
+            "customer_id": customer_id,
+            "event_id": event_id,
+            "generation": generation,
+            "succeeded": succeeded,
+        }
         return self._call("find_charge", None, params, find)
 
     # ---- Stripe's side -----------------------------------------------------------------
@@ -376,3 +395,10 @@ class FakeGateway:
                 charge_id=charge.id,
             )
         return charge.outcome()
+
+
+def _made_by(metadata: dict[str, str], event_id: str, generation: int | None) -> bool:
+    """As the gateway matches: our event id and, unless None, the generation (none: 0)."""
+    if metadata.get("event_id") != event_id:
+        return False
+    return generation is None or metadata.get("generation", "0") == str(generation)

@@ -299,7 +299,7 @@ def test_card_attaching_after_the_key_expired_finds_the_card_by_metadata(
         "retrieve_token", "attach_card", "find_card", "set_default_card",
     ]  # fmt: skip
     [find] = gateway.calls_to("find_card")
-    assert find.params == {"customer_id": customer_id, "event_id": msg.event_id}
+    assert find.params == {"customer_id": customer_id, "event_id": msg.event_id, "generation": 0}
     [card_id] = gateway.customers[customer_id].cards
     event = rows.event(msg.event_id)
     assert event["status"] == "succeeded" and event["result"]["card_id"] == card_id

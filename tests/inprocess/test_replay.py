@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from core.errors import OutcomeUnknown
 from core.settings import Settings
 from db.ledger import now
+from tasks.gateway import StripeGateway
 from tasks.messages import CardTokenReceived, ChargeRequested, Message, UserRegistered
-from tasks.replay import Refused, Replayed, ReplayOutcome, replay
+from tasks.replay import Checked, Refused, Replayed, ReplayOutcome, ask_stripe, replay
 from tasks.sweeper import Redrive
 from tests.inprocess._support import MAX_ATTEMPTS, Deliveries, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, VISA, FakeGateway
@@ -31,14 +33,21 @@ def bury(deliveries: Deliveries, gateway: FakeGateway, msg: Message, method: str
 
 
 def operator_replay(
-    engine: Engine, settings: Settings, event_id: str, *, force: bool
+    engine: Engine, settings: Settings, event_id: str, *, force: bool,
+    gateway: FakeGateway | None = None, operator: str = "ops-test", reason: str | None = None,
 ) -> tuple[ReplayOutcome, list[Redrive]]:
-    """`payworker replay [--force] <event_id>` without Celery: returns what it published."""
+    """`payworker replay [--force --reason R] [--operator O] <event_id>` without Celery:
+    Stripe (`gateway`) asked first when forced, as the command does; returns what it
+    published."""
     published: list[Redrive] = []
+    stripe = cast(StripeGateway, gateway or FakeGateway())  # the same methods (test_fake_gateway)
+    checked = ask_stripe(engine, lambda: stripe, event_id) if force else None
     with engine.begin() as conn:
         outcome = replay(
             conn, event_id, force=force, queue=settings.queue, publish=published.append,
-            grace_seconds=settings.redrive_after_seconds,
+            grace_seconds=settings.redrive_after_seconds, operator=operator,
+            reason=reason if reason is not None or not force else "a test forces it",
+            checked=checked,
         )  # fmt: skip
     return outcome, published
 
@@ -63,6 +72,7 @@ def test_a_dead_charge_resumes_at_its_point_with_the_same_key(
     assert outcome == Replayed(
         event_id=msg.event_id, was="dead", generation=0, recovery_point="charge_creating",
         new_generation=False, published=True, queue=settings.queue,
+        keys=f"pw:{msg.event_id}:{{step}}",
     )  # fmt: skip
     # as the event's own task, naming the event only
     assert published == [Redrive(msg.event_id, "charge_requested", msg.user_id)]
@@ -156,13 +166,23 @@ def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creati
     gateway.stop_declining(card_id)
 
     # When an operator replays it with --force
-    outcome, published = operator_replay(engine, settings, msg.event_id, force=True)
+    outcome, published = operator_replay(
+        engine, settings, msg.event_id, force=True, gateway=gateway, operator="ada",
+        reason="customer topped up the card",
+    )  # fmt: skip
 
-    # Then it is a new generation starting at charge_creating, its charges row pending
-    # again and the declined outcome kept in its history
+    # Then Stripe was asked for a succeeded charge of the event first (there is none)
+    [asked] = gateway.calls_to("find_charge")
+    assert asked.params == {
+        "customer_id": customer_id, "event_id": msg.event_id, "generation": None,
+        "succeeded": True,
+    }  # fmt: skip
+    # and it is a new generation starting at charge_creating, its charges row pending
+    # again and the declined outcome kept in its history, with who replayed it and why
     assert outcome == Replayed(
         event_id=msg.event_id, was="failed", generation=1, recovery_point="charge_creating",
         new_generation=True, published=True, queue=settings.queue,
+        keys=f"pwg:1:{msg.event_id}:{{step}}",
     )  # fmt: skip
     assert published == [Redrive(msg.event_id, "charge_requested", msg.user_id)]
     event = rows.event(msg.event_id)
@@ -178,6 +198,7 @@ def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creati
     )  # fmt: skip
     assert history["charge"]["stripe_charge_id"] == declined
     assert history["charge"]["decline_code"] == "insufficient_funds"
+    assert (history["operator"], history["reason"]) == ("ada", "customer topped up the card")
     pending = rows.charge(msg.event_id)
     assert pending is not None
     assert (pending["status"], pending["stripe_charge_id"]) == ("pending", None)
@@ -186,11 +207,16 @@ def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creati
     # When the re-drive runs
     deliveries.redrive(msg.event_id)
 
-    # Then the charge is made again under the new generation's key, and recorded
+    # Then the charge is made again under the new generation's key, its number in the
+    # charge's metadata, and recorded
     creates = gateway.calls_to("create_charge")
     assert [c.key for c in creates] == [
-        f"pw:{msg.event_id}:charge", f"pw:{msg.event_id}:g1:charge",
+        f"pw:{msg.event_id}:charge", f"pwg:1:{msg.event_id}:charge",
     ]  # fmt: skip
+    assert "generation" not in creates[0].params["metadata"]
+    assert creates[1].params["metadata"] == {
+        "event_id": msg.event_id, "user_id": msg.user_id, "generation": "1",
+    }  # fmt: skip
     [charged] = [c for c in gateway.charges if c != declined]
     event = rows.event(msg.event_id)
     assert (event["status"], event["generation"]) == ("succeeded", 1)
@@ -230,3 +256,119 @@ def test_a_registration_waits_for_a_dead_creator_until_its_replay_creates_the_cu
     assert rows.event(first.event_id)["result"] == {"customer_id": customer_id, "existing": False}
     assert adopted["status"] == "succeeded", adopted
     assert rows.event(second.event_id)["result"] == {"customer_id": customer_id, "existing": True}
+
+
+def declined_charge(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway,
+    customer: Callable[[str], str], card: Callable[..., str],
+) -> tuple[ChargeRequested, str, str]:
+    """A charge Stripe declined (failed in the ledger), its card no longer declining;
+    returns the message, the customer and the card."""
+    msg = charge_requested(ids)
+    customer_id = customer(msg.user_id)
+    card_id = card(msg.user_id, customer_id, DECLINED_AT_CHARGE)
+    deliveries.deliver(msg)
+    gateway.stop_declining(card_id)
+    return msg, customer_id, card_id
+
+
+def test_a_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_event(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+) -> None:
+    # Given a declined charge, failed in the ledger, while Stripe holds a succeeded charge
+    # made under the event's metadata (an outcome the ledger lost)
+    msg, customer_id, card_id = declined_charge(ids, deliveries, gateway, customer, card)
+    paid = gateway.create_charge(
+        "pw:elsewhere", customer_id=customer_id, card_id=card_id, amount=msg.amount,
+        currency=msg.currency, description=None, metadata=msg.stripe_metadata(),
+    )  # fmt: skip
+    failed, charge_row = rows.event(msg.event_id), rows.charge(msg.event_id)
+
+    # When an operator forces a new generation
+    outcome, published = operator_replay(engine, settings, msg.event_id, force=True,
+                                         gateway=gateway)
+
+    # Then it is refused, naming the charge, and nothing changed or was published
+    assert isinstance(outcome, Refused), outcome
+    assert f"succeeded charge of this event, {paid.charge_id}" in outcome.reason
+    assert published == []
+    assert rows.event(msg.event_id) == failed and rows.charge(msg.event_id) == charge_row
+    assert len(gateway.calls_to("create_charge")) == 2  # the declined one and ours above
+
+
+def test_a_forced_replay_needs_stripe_asked_about_the_current_generation(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+) -> None:
+    # Given a declined charge
+    msg, _, _ = declined_charge(ids, deliveries, gateway, customer, card)
+    failed = rows.event(msg.event_id)
+
+    # When a caller forces it without asking Stripe, or with an answer about another
+    # generation
+    for checked in (None, Checked(msg.event_id, generation=7)):
+        with engine.begin() as conn:
+            outcome = replay(
+                conn, msg.event_id, force=True, queue=settings.queue, publish=lambda _: None,
+                grace_seconds=1, operator="ops", reason="test", checked=checked,
+            )  # fmt: skip
+        # Then it is refused and nothing changes
+        assert isinstance(outcome, Refused), outcome
+        assert outcome.reason.startswith("Stripe was not asked")
+    assert rows.event(msg.event_id) == failed
+
+
+def test_a_new_generation_resumed_after_the_key_window_finds_only_its_own_charge(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+) -> None:
+    # Given a forced new generation of a declined charge, whose first create's outcome is
+    # unknown, resumed more than a day later (Stripe forgot the key)
+    msg, customer_id, _ = declined_charge(ids, deliveries, gateway, customer, card)
+    [declined] = gateway.charges
+    operator_replay(engine, settings, msg.event_id, force=True, gateway=gateway)
+    gateway.fail_next("create_charge", OutcomeUnknown("no answer from Stripe"))
+    assert deliveries.redrive(msg.event_id)["status"] == "retry_scheduled"
+    rows.age_pending_write(msg.event_id, hours=25)
+
+    # When it resumes
+    deliveries.redrive(msg.event_id)
+
+    # Then it looked up generation 1's charge only: the declined charge of generation 0
+    # (same event_id) is not adopted, and the charge is made under generation 1's key
+    lookup = gateway.calls_to("find_charge")[-1]
+    assert (lookup.params["event_id"], lookup.params["generation"]) == (msg.event_id, 1)
+    event = rows.event(msg.event_id)
+    assert event["status"] == "succeeded", event
+    assert event["result"]["charge_id"] != declined
+    assert gateway.calls_to("create_charge")[-1].key == f"pwg:1:{msg.event_id}:charge"
+    assert [c for c in gateway.charges if c != declined] == [event["result"]["charge_id"]]
+    assert gateway.charges[event["result"]["charge_id"]].customer_id == customer_id
+
+
+def test_a_generation_started_before_the_pwg_form_keeps_its_keys_and_metadata(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+) -> None:
+    # Given generation 1 of a declined charge started by an earlier release: no key form
+    # in its progress, and its first create sent under the old key with an unknown outcome
+    msg, _, _ = declined_charge(ids, deliveries, gateway, customer, card)
+    operator_replay(engine, settings, msg.event_id, force=True, gateway=gateway)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE payment_events SET progress = progress - 'key_form'"
+                          " WHERE event_id = :e"), {"e": msg.event_id})
+    gateway.fail_next("create_charge", OutcomeUnknown("no answer"), after_effect=True)
+    assert deliveries.redrive(msg.event_id)["status"] == "retry_scheduled"
+
+    # When it resumes after the upgrade
+    deliveries.redrive(msg.event_id)
+
+    # Then every create of generation 1 sent the old key and the old metadata, so Stripe
+    # answered the resumed one with the charge it had made: one charge, not two
+    creates = gateway.calls_to("create_charge")[1:]
+    assert {c.key for c in creates} == {f"pw:{msg.event_id}:g1:charge"}
+    assert all("generation" not in c.params["metadata"] for c in creates)
+    event = rows.event(msg.event_id)
+    assert event["status"] == "succeeded", event
+    assert len(gateway.charges) == 2  # the declined one and generation 1's

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tasks.gateway import StripeGateway
 from tests.conftest import ROOT, event_rows
 
 VISA = "4242424242424242"
@@ -123,7 +124,7 @@ def test_replay_refuses_succeeded_unknown_and_unforced_failed_events(
     before = wait_for(reg)[reg]
     assert before["status"] == "succeeded"
     # When the operator replays them, even with --force
-    done = run_cli(worker.env, "replay", "--force", reg, unknown)
+    done = run_cli(worker.env, "replay", "--force", "--reason", "test", reg, unknown)
     # Then both are refused, one line each, with a non-zero exit code
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"refused {reg}: succeeded" in done.stdout
@@ -154,29 +155,99 @@ def test_forced_replay_of_a_declined_charge_is_a_new_generation_with_new_keys(
     assert f"refused {chg}: failed (card_declined)" in plain.stdout
     assert event_rows(engine, [chg])[chg]["generation"] == 0
 
-    # When the operator forces it
-    forced = run_cli(worker.env, "replay", "--force", chg)
+    # When the operator forces it, saying why
+    forced = run_cli(worker.env, "replay", "--force", "--reason", "customer asked to retry", chg,
+                     USER="ada", LOGNAME="ada")
     # Then the command says loudly that this is a new generation with new keys
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "generation 1" in forced.stdout and "NEW idempotency keys" in forced.stdout
-    assert f"pw:{chg}:g1:" in forced.stdout and "Stripe acts again" in forced.stdout
-    # and the new generation charged the same card again, under the new key only
+    assert f"pwg:1:{chg}:" in forced.stdout and "Stripe acts again" in forced.stdout
+    # and Stripe was asked first for a succeeded charge of the event (there was none)
+    lookups = [r for r in stripe_fake.requests(method="GET", path="/v1/charges")
+               if r["seq"] > before]
+    assert lookups, "Stripe was not asked before the new generation"
+    # and the new generation charged the same card again, under the new key only, its
+    # number in the charge's metadata
     row = wait_for(chg, timeout=20)[chg]
     assert row["generation"] == 1
     assert row["status"] == "failed" and row["error_code"] == "card_declined", row
     posts = charge_posts(stripe_fake, before)
-    assert [p["idempotency_key"] for p in posts] == [f"pw:{chg}:g1:charge"]
-    assert len(stripe_fake.list_charges(customer)) == 2
-    # and the ledger keeps the first generation's outcome, the charges row the new one
+    assert [p["idempotency_key"] for p in posts] == [f"pwg:1:{chg}:charge"]
+    on_stripe = {c["id"]: c for c in stripe_fake.list_charges(customer)}
+    assert len(on_stripe) == 2
+    assert on_stripe[row["result"]["charge_id"]]["metadata"]["generation"] == "1"
+    assert "generation" not in on_stripe[first_charge_id]["metadata"]
+    # and the ledger keeps the first generation's outcome, who replayed it and why, the
+    # charges row the new one
     previous = row["progress"]["replays"]
     assert [(p["generation"], p["new_generation"]) for p in previous] == [(0, True)]
     assert previous[0]["error_code"] == "card_declined"
     assert previous[0]["charge"]["stripe_charge_id"] == first_charge_id
+    assert (previous[0]["operator"], previous[0]["reason"]) == ("ada", "customer asked to retry")
+    shown = json.loads(run_cli(worker.env, "events", "show", chg).stdout)
+    assert shown["progress"]["replays"][0]["reason"] == "customer asked to retry"
     with engine.connect() as conn:
         charge = conn.execute(text("SELECT * FROM charges WHERE event_id = :e"),
                               {"e": chg}).mappings().one()
     assert charge["status"] == "failed" and charge["failure_code"] == "card_declined"
     assert charge["stripe_charge_id"] == row["result"]["charge_id"] != first_charge_id
+
+
+def test_forced_replay_without_a_reason_is_refused_before_anything(
+    worker, upstream, wait_for, engine, stripe_fake, ids
+):
+    # Given a declined charge
+    send = sender(upstream, worker.queue)
+    user, _ = registered_user_with_card(send, wait_for, stripe_fake, ids,
+                                       number=DECLINED_AT_CHARGE)
+    chg = ids("chg")
+    send("charge_requested", event_id=chg, user_id=user, amount=2500, currency="eur")
+    failed = wait_for(chg)[chg]
+    before = last_seq(stripe_fake)
+
+    # When the operator forces it without --reason, or with a blank one
+    for args in ([], ["--reason", "  "]):
+        done = run_cli(worker.env, "replay", "--force", *args, chg)
+        # Then it is refused with exit code 2 and a message that says what is missing
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "--reason" in done.stderr and "replay --force needs" in done.stderr
+    # and nothing happened: not on Stripe, not in the ledger
+    assert last_seq(stripe_fake) == before
+    assert event_rows(engine, [chg])[chg] == failed
+
+
+def test_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_event(
+    worker, upstream, wait_for, engine, stripe_fake, ids
+):
+    # Given a declined charge, failed in the ledger, and a succeeded charge of the same
+    # event on Stripe (made with another card, as a lost outcome would leave it)
+    send = sender(upstream, worker.queue)
+    user, customer = registered_user_with_card(send, wait_for, stripe_fake, ids,
+                                               number=DECLINED_AT_CHARGE)
+    chg = ids("chg")
+    send("charge_requested", event_id=chg, user_id=user, amount=2500, currency="eur")
+    failed = wait_for(chg)[chg]
+    assert failed["status"] == "failed", failed
+    gateway = StripeGateway.build(worker.env["STRIPE_API_KEY"], api_base=stripe_fake.url,
+                                  timeout=5, network_retries=0)
+    token = gateway.attach_card(f"test:{chg}:attach", customer_id=customer,
+                                token=stripe_fake.create_card_token(VISA), metadata={})
+    assert token.card_id is not None
+    paid = gateway.create_charge(f"test:{chg}:charge", customer_id=customer,
+                                 card_id=token.card_id, amount=2500, currency="eur",
+                                 description=None, metadata={"event_id": chg, "user_id": user})
+    assert paid.status == "succeeded"
+    before = last_seq(stripe_fake)
+
+    # When the operator forces a new generation
+    done = run_cli(worker.env, "replay", "--force", "--reason", "customer says unpaid",
+                   "--operator", "bob", chg)
+    # Then it is refused, naming the charge, and nothing was charged or changed
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"refused {chg}: Stripe holds a succeeded charge of this event" in done.stdout
+    assert paid.charge_id in done.stdout
+    assert charge_posts(stripe_fake, before) == []
+    assert event_rows(engine, [chg])[chg] == failed
 
 
 def test_status_shows_counts_by_type_and_status_retries_due_and_the_oldest_event(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+from functools import cache
 from typing import Annotated
 
 import typer
@@ -11,11 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from core.redact import redact
 from core.settings import get_settings
 from db.session import get_engine
-from tasks.gateway import idempotency_key
 from tasks.maintenance import redrive_publisher, run_sweep
-from tasks.replay import Refused, ReplayOutcome
+from tasks.replay import Refused, ReplayOutcome, ask_stripe
 from tasks.replay import replay as reopen
-from worker.cli.base import celery_app, console
+from tasks.resources import build_gateway
+from tasks.telemetry import NoTelemetry
+from worker.cli.base import celery_app, console, errors
+
+# What the replay history keeps of --reason and --operator (ledger rows stay small).
+MAX_REASON = 500
+MAX_OPERATOR = 100
 
 
 def replay(
@@ -24,16 +31,43 @@ def replay(
         bool,
         typer.Option(
             "--force",
-            help="also replay FAILED events, as a new generation with new idempotency keys",
+            help="also replay FAILED events, as a new generation with new idempotency keys"
+            " (needs --reason)",
         ),
     ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason", help="why: kept in each event's replay history; required with --force"
+        ),
+    ] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(
+            "--operator", help="who replays, kept in the replay history (default: the OS user)"
+        ),
+    ] = None,
 ) -> None:
     """Re-drive dead events from their recovery point with the same idempotency keys.
 
-    Succeeded events are refused; failed ones too unless --force. Exit 1 if any is refused.
+    Succeeded events are refused; failed ones too unless --force (with --reason).
+
+    A forced charge is refused if Stripe holds a succeeded charge of it.
+
+    Exit 1 if any is refused.
     """
+    reason = redact(reason.strip())[:MAX_REASON] if reason and reason.strip() else None
+    if force and reason is None:
+        errors.print(
+            "replay --force needs --reason TEXT: a forced replay acts on Stripe again (a new"
+            " charge, card or customer), and the event's history must say why",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    who = redact(operator.strip())[:MAX_OPERATOR] if operator and operator.strip() else os_user()
     settings = get_settings()
     engine = get_engine(settings.database_url)
+    stripe = cache(lambda: build_gateway(settings, NoTelemetry())[0])
     app = celery_app()
     unique = list(dict.fromkeys(event_ids))
     not_replayed = 0
@@ -51,6 +85,8 @@ def replay(
 
         for event_id in unique:
             try:
+                # Stripe is asked before the transaction: no row lock waits on Stripe.
+                checked = ask_stripe(engine, stripe, event_id) if force else None
                 with engine.begin() as conn:
                     outcome = reopen(
                         conn,
@@ -59,6 +95,9 @@ def replay(
                         queue=settings.queue,
                         publish=publish,
                         grace_seconds=settings.redrive_after_seconds,
+                        operator=who,
+                        reason=reason,
+                        checked=checked,
                     )
             except Exception as exc:  # the row is rolled back: nothing changed
                 not_replayed += 1
@@ -81,7 +120,7 @@ def _print_replay(outcome: ReplayOutcome) -> int:
             soft_wrap=True,
         )
         return 1
-    keys = escape(idempotency_key(outcome.event_id, "{step}", outcome.generation))
+    keys = escape(outcome.keys)
     where = "" if outcome.published else f" (left to the sweeper of queue {outcome.queue})"
     if outcome.new_generation:
         console.print(
@@ -100,6 +139,14 @@ def _print_replay(outcome: ReplayOutcome) -> int:
             soft_wrap=True,
         )
     return 0
+
+
+def os_user() -> str:
+    """Who runs this command, as the OS says (getpass: $LOGNAME, $USER, … or the uid's name)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no such variable and no passwd entry (a bare container)
+        return "unknown"
 
 
 def sweep() -> None:
