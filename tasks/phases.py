@@ -24,7 +24,8 @@ from core.errors import PermanentError
 from core.settings import Settings
 from db.ledger import STARTED, Claim, now
 from db.replays import EventRow
-from tasks.gateway import StripeGateway, idempotency_key
+from tasks.gateway import StripeGateway
+from tasks.idempotency import idempotency_key
 from tasks.messages import GENERATION_METADATA_KEY, Message
 
 

@@ -1,4 +1,4 @@
-"""Idempotency keys (tasks/gateway.py: idempotency_key): generation 0 keeps the form it
+"""Idempotency keys (tasks/idempotency.py): generation 0 keeps the form it
 always had, and no two distinct (event, generation, step) derive the same key. Pure."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidMessage
-from tasks.gateway import MAX_IDEMPOTENCY_KEY, STEPS, idempotency_key
+from tasks.idempotency import MAX_IDEMPOTENCY_KEY, STEPS, idempotency_key
 from tasks.messages import parse_message
 
 steps = st.sampled_from(sorted(STEPS))
