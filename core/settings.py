@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(90, alias="PAYWORKER_LEASE_SECONDS", ge=2)
     # The sweeper's period: it publishes due retries and re-drives abandoned events.
     sweep_seconds: float = Field(5.0, alias="PAYWORKER_SWEEP_SECONDS", gt=0)
+    # -- the modern Stripe path (PaymentIntents) --
+    # How charge_requested charges: "payment_intents" (one PaymentIntent created and
+    # confirmed off-session; 3-D Secure possible) or "charges" (the legacy Charges API).
+    # An event keeps the API it started with, whatever this says when it resumes.
+    charge_api: Literal["payment_intents", "charges"] = Field(
+        "payment_intents", alias="PAYWORKER_CHARGE_API"
+    )
+    # An event waiting for its customer (action_required) or for Stripe (processing) is
+    # read again from Stripe this often by the sweep.
+    action_poll_seconds: float = Field(60.0, alias="PAYWORKER_ACTION_POLL_SECONDS", gt=0)
+    # A PaymentIntent still waiting for its customer this long after it was created is
+    # canceled and its event fails with authentication_required. Stripe lets the customer
+    # authenticate for longer; 23 hours keeps the cancel inside the idempotency window.
+    action_expiry_hours: float = Field(23.0, alias="PAYWORKER_ACTION_EXPIRY_HOURS", gt=0)
     # -- periodic duties (the sweep, the token expiry): one worker per queue leads them --
     # A card token kept sealed for a re-drive is erased this long after its event was first
     # received, whatever the event's status: a dead card event older than this cannot be

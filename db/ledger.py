@@ -150,6 +150,41 @@ def release(conn: Connection, claim: Claim, *, retry_at: datetime, error: str) -
     _write_owned(conn, claim, values)
 
 
+def watch(
+    conn: Connection,
+    claim: Claim,
+    *,
+    point: str,
+    progress: dict[str, Any],
+    until: datetime,
+    action: tuple[str, str, dict[str, Any]] | None,
+) -> None:
+    """Give the lease back until `until`, when the sweeper re-drives the event to read
+    Stripe again at `point`. With `action` (error code, message, result) the event waits
+    for its customer: status `action_required` with that result (what the app needs to
+    bring the customer back); without, it stays `processing` (Stripe is still working).
+
+    Raises:
+        LeaseLost: another worker owns the event now, or it is already finished.
+    """
+    values: dict[str, Any] = {
+        "recovery_point": point,
+        "progress": progress,
+        "locked_by": None,
+        "locked_until": None,
+        "next_attempt_at": until,
+    }
+    if action is not None:
+        code, message, result = action
+        values.update(
+            status=EventStatus.ACTION_REQUIRED,
+            error_code=code,
+            error_message=clip(redact(message)),
+            result=result,
+        )
+    _write_owned(conn, claim, values)
+
+
 def _final(
     status: EventStatus,
     *,

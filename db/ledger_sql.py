@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, literal_column, or_, update
+from sqlalchemy import Table, and_, bindparam, case, func, literal_column, or_, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from db.models import TERMINAL_STATUSES, EventStatus, PaymentEvent
 
 EVENTS = cast(Table, PaymentEvent.__table__)
 TERMINAL = sorted(TERMINAL_STATUSES)
+# A claimed event is `processing`, except one that waits for its customer: it stays
+# `action_required` while a run reads its PaymentIntent again, so an app polling the
+# ledger never sees it flicker.
+CLAIMED_STATUS = case(
+    (EVENTS.c.status == EventStatus.ACTION_REQUIRED, EVENTS.c.status),
+    else_=literal_column(f"'{EventStatus.PROCESSING.value}'"),
+)
 
 
 def _claim() -> Any:
@@ -38,7 +45,7 @@ def _claim() -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[row.event_id],
         set_={
-            "status": EventStatus.PROCESSING,
+            "status": CLAIMED_STATUS,
             "attempts": row.attempts + 1,
             "locked_by": stmt.excluded.locked_by,
             "locked_until": stmt.excluded.locked_until,
@@ -84,7 +91,7 @@ def _reclaim() -> Any:
             ),
         )
         .values(
-            status=EventStatus.PROCESSING,
+            status=CLAIMED_STATUS,
             attempts=row.attempts + 1,
             locked_by=bindparam("owner"),
             locked_until=bindparam("until"),

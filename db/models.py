@@ -45,15 +45,37 @@ class EventStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD = "dead"
+    # Waiting for the customer (3-D Secure, on-session in the app): not final; the sweep
+    # reads the PaymentIntent again until it succeeds, fails or expires.
+    ACTION_REQUIRED = "action_required"
 
 
 TERMINAL_STATUSES = frozenset({EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.DEAD})
+# The statuses of an event payworker still works on (or watches).
+UNFINISHED_STATUSES = (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.ACTION_REQUIRED)
+_UNFINISHED_SQL = "status IN ('received', 'processing', 'action_required')"
 
 
 class ChargeStatus(enum.StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # The PaymentIntent waits for its customer's authentication (the event is
+    # action_required); canceled: it was canceled (expired, or by someone on Stripe).
+    REQUIRES_ACTION = "requires_action"
+    CANCELED = "canceled"
+
+
+class CardKind(enum.StrEnum):
+    SOURCE = "source"  # a legacy card (card_...), attached from a token
+    PAYMENT_METHOD = "payment_method"  # a PaymentMethod (pm_...)
+
+
+class RefundStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
 
 
 def _in(column: str, values: type[enum.StrEnum]) -> str:
@@ -72,14 +94,14 @@ class PaymentEvent(Base):
         Index(
             "ix_payment_events_unfinished",
             "created_at",
-            postgresql_where=text("status IN ('received', 'processing')"),
+            postgresql_where=text(_UNFINISHED_SQL),
         ),
         # The sweeper's question: which unfinished events of my queue are due?
         Index(
             "ix_payment_events_due",
             "queue",
             "next_attempt_at",
-            postgresql_where=text("status IN ('received', 'processing')"),
+            postgresql_where=text(_UNFINISHED_SQL),
         ),
         # The token-expiry duty's question: which kept card tokens of my queue are old?
         Index(
@@ -160,11 +182,16 @@ class Card(Base):
             postgresql_where=text("is_default AND removed_at IS NULL"),
         ),
         CheckConstraint("NOT (is_default AND removed_at IS NOT NULL)", name="removed_not_default"),
+        CheckConstraint(_in("kind", CardKind), name="kind"),
         Index("ix_cards_user_id", "user_id"),
     )
 
+    # A legacy card's card_... or a PaymentMethod's pm_... (see `kind`).
     stripe_card_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("customers.user_id"))
+    kind: Mapped[str] = mapped_column(
+        String(16), default=CardKind.SOURCE, server_default=CardKind.SOURCE.value
+    )
     fingerprint: Mapped[str] = mapped_column(String(255))
     brand: Mapped[str | None] = mapped_column(String(64))
     last4: Mapped[str | None] = mapped_column(String(4))
@@ -184,6 +211,7 @@ class Charge(Base):
         CheckConstraint(_in("status", ChargeStatus), name="status"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("currency = lower(currency)", name="currency_lower"),
+        CheckConstraint("amount_refunded >= 0 AND amount_refunded <= amount", name="refunded"),
         Index("ix_charges_user_id", "user_id"),
     )
 
@@ -194,9 +222,40 @@ class Charge(Base):
     stripe_card_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=ChargeStatus.PENDING)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The PaymentIntent of a charge made through PAYWORKER_CHARGE_API=payment_intents.
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The sum of the charge's succeeded refunds (written from the refunds table, never
+    # incremented on its own).
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     failure_code: Mapped[str | None] = mapped_column(String(64))
     decline_code: Mapped[str | None] = mapped_column(String(64))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Refund(Base):
+    """A refund requested by one event, of the charge another event made."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        CheckConstraint(_in("status", RefundStatus), name="status"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_refunds_charge_event_id", "charge_event_id"),
+        Index("ix_refunds_user_id", "user_id"),
+    )
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("payment_events.event_id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    charge_event_id: Mapped[str] = mapped_column(ForeignKey("charges.event_id"))
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=RefundStatus.PENDING)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -14,9 +14,9 @@ from sqlalchemy import Connection, func, select
 
 from db.duties import DutyRow, read_duties
 from db.ledger_sql import EVENTS
-from db.models import EventStatus
+from db.models import UNFINISHED_STATUSES
 
-UNFINISHED = (EventStatus.RECEIVED, EventStatus.PROCESSING)
+UNFINISHED = UNFINISHED_STATUSES
 
 
 @dataclass(frozen=True)

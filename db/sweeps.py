@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, and_, case, literal, or_, select, update
 
 from db.ledger_sql import EVENTS
-from db.models import EventStatus
+from db.models import UNFINISHED_STATUSES, EventStatus
 
 LEASE_EXPIRED = "lease_expired"  # the worker died or was killed mid-event
 RETRY_DUE = "retry_due"  # a scheduled retry (or a wait for a prerequisite) has come
@@ -46,7 +46,7 @@ def take_due(
         select(e.event_id, reason.label("reason"))
         .where(
             e.queue == queue,
-            e.status.in_([EventStatus.RECEIVED, EventStatus.PROCESSING]),
+            e.status.in_(UNFINISHED_STATUSES),
             or_(
                 e.locked_until < moment,
                 and_(unlocked, e.next_attempt_at <= moment),

@@ -1,11 +1,11 @@
-"""The five payment messages as typed values, validated at the edge."""
+"""The payment messages as typed values, validated at the edge."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -44,9 +44,16 @@ Email = Annotated[
 Token = Annotated[
     str, StringConstraints(strict=True, max_length=255, pattern=r"^tok_[A-Za-z0-9_]+$")
 ]
-CardId = Annotated[
-    str, StringConstraints(strict=True, max_length=255, pattern=r"^card_[A-Za-z0-9_]+$")
+PaymentMethodId = Annotated[
+    str, StringConstraints(strict=True, max_length=255, pattern=r"^pm_[A-Za-z0-9_]+$")
 ]
+# A user's card as the contract names it: a legacy card (`card_...`, attached from a token)
+# or a PaymentMethod (`pm_...`).
+CardId = Annotated[
+    str, StringConstraints(strict=True, max_length=255, pattern=r"^(card|pm)_[A-Za-z0-9_]+$")
+]
+# Stripe's refund reasons (https://docs.stripe.com/api/refunds/create).
+RefundReason = Literal["duplicate", "fraudulent", "requested_by_customer"]
 Currency = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z]{3}$", to_lower=True)]
 # Stripe's metadata limits: 50 keys, keys up to 40 characters without square brackets
 # (Stripe reads `a[b]` as nesting), values up to 500. Three keys are ours (event_id,
@@ -133,12 +140,35 @@ class ChargeRequested(Message):
     _reserved = field_validator("metadata")(_check_reserved)
 
 
+class PaymentMethodReceived(Message):
+    payment_method: PaymentMethodId
+    make_default: StrictBool = False
+
+
+class SetupRequested(Message):
+    usage: Literal["off_session", "on_session"] = "off_session"
+
+
+class RefundRequested(Message):
+    # The event_id of the charge_requested whose charge is refunded.
+    charge_event_id: Identifier
+    # Minor units; absent: whatever of the charge is not refunded yet.
+    amount: StrictInt | None = Field(None, gt=0)
+    reason: RefundReason | None = None
+    metadata: Metadata | None = None
+
+    _reserved = field_validator("metadata")(_check_reserved)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "user_registered": UserRegistered,
     "card_token_received": CardTokenReceived,
     "default_card_changed": DefaultCardChanged,
     "card_removed": CardRemoved,
     "charge_requested": ChargeRequested,
+    "payment_method_received": PaymentMethodReceived,
+    "setup_requested": SetupRequested,
+    "refund_requested": RefundRequested,
 }
 
 

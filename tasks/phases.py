@@ -99,7 +99,30 @@ class Wait:
     reason: str
 
 
-Step = Advance | Succeed | Fail | Wait
+@dataclass(frozen=True)
+class CustomerAction:
+    """What an event waiting for its customer shows the app: the error code (why the
+    customer is needed), a message, and the result (what stripe.js needs, e.g. the
+    PaymentIntent's id and client secret)."""
+
+    code: str
+    message: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Stripe decides what comes next: read it again at `point` with `progress` when
+    `until` comes (the sweeper re-drives the event). With `action` the event waits for its
+    customer (status `action_required`); without, Stripe is still processing."""
+
+    point: str
+    progress: Progress
+    until: datetime
+    action: CustomerAction | None = None
+
+
+Step = Advance | Succeed | Fail | Wait | Watch
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine
 from core.errors import InvalidMessage
 from db import replays
 from db.ledger import now
-from db.models import EventStatus
+from db.models import UNFINISHED_STATUSES, EventStatus
 from db.replays import EventRow
 from tasks.gateway import StripeGateway
 from tasks.messages import parse_message
@@ -191,7 +191,7 @@ def _refusal(event: EventRow, *, force: bool) -> str | None:
     status = event.status
     if status == EventStatus.SUCCEEDED:
         return "succeeded: a final outcome, never replayed (a new intent needs a new event_id)"
-    if status in (EventStatus.RECEIVED, EventStatus.PROCESSING):
+    if status in UNFINISHED_STATUSES:
         return (
             f"{status}: not finished; the sweeper re-drives it when due"
             " (see `payworker status`, or run `payworker sweep`)"

@@ -27,7 +27,7 @@ from db import ledger
 from db.ledger import Claim, now
 from tasks.logs import EventLog
 from tasks.messages import Message
-from tasks.phases import Advance, Fail, Progress, Run, Step, Succeed, Wait, Workflow
+from tasks.phases import Advance, Fail, Progress, Run, Step, Succeed, Wait, Watch, Workflow
 from tasks.resources import Resources
 from tasks.retry import backoff
 
@@ -87,6 +87,16 @@ def _apply(
         ledger.succeed(conn, run.claim, step.result)
     elif isinstance(step, Fail):
         _record_failure(conn, workflow, run, step.error, step.result)
+    elif isinstance(step, Watch):
+        action = step.action
+        ledger.watch(
+            conn,
+            run.claim,
+            point=step.point,
+            progress=step.progress.model_dump(mode="json"),
+            until=step.until,
+            action=(action.code, action.message, action.result) if action else None,
+        )
     else:
         ledger.release(conn, run.claim, retry_at=step.until, error=step.reason)
     return run
@@ -113,6 +123,17 @@ def _settled(
     if isinstance(step, Wait):
         log.info("waiting", until=step.until.isoformat(), reason=step.reason)
         return {"event_id": event_id, "status": "waiting"}
+    if isinstance(step, Watch):
+        # Never the action's result: it holds a client secret, for the app alone.
+        if step.action is not None:
+            log.info("action required", code=step.action.code, until=step.until.isoformat())
+            return {
+                "event_id": event_id,
+                "status": "action_required",
+                "error_code": step.action.code,
+            }
+        log.info("watching", point=step.point, until=step.until.isoformat())
+        return {"event_id": event_id, "status": "watching"}
     status = "succeeded" if isinstance(step, Succeed) else "failed"
     _count_final(res, workflow, run.claim, status)
     if isinstance(step, Fail):

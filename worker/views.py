@@ -23,6 +23,7 @@ SEALED_MARKER = "<sealed>"  # stands where the ciphertext of a card token is kep
 STATUS_COLOURS = {
     EventStatus.RECEIVED: "blue",
     EventStatus.PROCESSING: "cyan",
+    EventStatus.ACTION_REQUIRED: "magenta",
     EventStatus.SUCCEEDED: "green",
     EventStatus.FAILED: "yellow",
     EventStatus.DEAD: "bold red",

@@ -30,6 +30,9 @@ from typing import Any, TypeVar
 
 from core.errors import CardDeclined, PayworkerError, StripeInvalidRequest, StripeNotFound
 from tasks.gateway import CardDetails, ChargeOutcome
+from tests.inprocess.fake_gateway_cards import FakeCards
+from tests.inprocess.fake_gateway_intents import FakeIntents
+from tests.inprocess.fake_gateway_refunds import FakeRefunds
 
 T = TypeVar("T")
 
@@ -113,7 +116,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
-class FakeGateway:
+class FakeGateway(FakeCards, FakeIntents, FakeRefunds):
     """Stripe in dicts, with the methods of `tasks.gateway.StripeGateway`."""
 
     def __init__(self) -> None:

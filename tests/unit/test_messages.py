@@ -1,4 +1,4 @@
-"""The five message types (tasks.messages): what validates, what does not, and what is
+"""The eight message types (tasks.messages): what validates, what does not, and what is
 stored; ids, free text, metadata and size at the edge. Pure: no services."""
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from tasks.messages import (
     CardTokenReceived,
     ChargeRequested,
     DefaultCardChanged,
+    PaymentMethodReceived,
+    RefundRequested,
+    SetupRequested,
     UserRegistered,
     check_size,
     is_valid_id,
@@ -39,12 +42,23 @@ VALID: dict[str, list[dict[str, Any]]] = {
         {"token": TOKEN},
         {"token": TOKEN, "make_default": True},
     ],
-    "default_card_changed": [{"card_id": "card_1AbC"}],
-    "card_removed": [{"card_id": "card_1AbC"}],
+    "default_card_changed": [{"card_id": "card_1AbC"}, {"card_id": "pm_1AbC"}],
+    "card_removed": [{"card_id": "card_1AbC"}, {"card_id": "pm_card_visa"}],
     "charge_requested": [
         {"amount": 1999, "currency": "usd"},
         {"amount": 50, "currency": "EUR", "card_id": "card_1AbC", "description": "x",
          "metadata": {"order": "42"}},
+        {"amount": 50, "currency": "eur", "card_id": "pm_1AbC"},
+    ],
+    "payment_method_received": [
+        {"payment_method": "pm_1AbC"},
+        {"payment_method": "pm_card_visa", "make_default": True},
+    ],
+    "setup_requested": [{}, {"usage": "on_session"}],
+    "refund_requested": [
+        {"charge_event_id": "evt-charge-1"},
+        {"charge_event_id": "evt-charge-1", "amount": 500, "reason": "requested_by_customer",
+         "metadata": {"ticket": "T-9"}},
     ],
 }
 MODELS = {
@@ -53,8 +67,36 @@ MODELS = {
     "default_card_changed": DefaultCardChanged,
     "card_removed": CardRemoved,
     "charge_requested": ChargeRequested,
+    "payment_method_received": PaymentMethodReceived,
+    "setup_requested": SetupRequested,
+    "refund_requested": RefundRequested,
 }
 CASES = [(t, fields) for t, examples in VALID.items() for fields in examples]
+
+
+@pytest.mark.parametrize(
+    ("message_type", "fields"),
+    [
+        ("payment_method_received", {"payment_method": "card_1AbC"}),
+        ("payment_method_received", {"payment_method": "tok_1AbC"}),
+        ("payment_method_received", {"payment_method": "pm_1AbC", "make_default": "yes"}),
+        ("setup_requested", {"usage": "sometimes"}),
+        ("refund_requested", {}),
+        ("refund_requested", {"charge_event_id": "evt 1"}),
+        ("refund_requested", {"charge_event_id": "e", "amount": 0}),
+        ("refund_requested", {"charge_event_id": "e", "amount": -5}),
+        ("refund_requested", {"charge_event_id": "e", "amount": 5.5}),
+        ("refund_requested", {"charge_event_id": "e", "amount": "500"}),
+        ("refund_requested", {"charge_event_id": "e", "reason": "changed_mind"}),
+        ("refund_requested", {"charge_event_id": "e", "metadata": {"event_id": "x"}}),
+        ("default_card_changed", {"card_id": "src_1AbC"}),
+    ],
+)
+def test_new_messages_refuse_what_the_contract_does_not_allow(message_type, fields):
+    # Given a modern-path message with a field the contract refuses
+    # When parsed  /  Then it is an invalid_message naming a field
+    message = _invalid(message_type, **fields)
+    assert message
 
 
 def _invalid(message_type: str, **fields: Any) -> str:
@@ -64,7 +106,7 @@ def _invalid(message_type: str, **fields: Any) -> str:
     return info.value.message
 
 
-def test_the_contract_names_five_types():
+def test_the_contract_names_eight_types():
     assert set(MESSAGE_TYPES) == set(MODELS)
     assert all(MESSAGE_TYPES[name] is model for name, model in MODELS.items())
 
