@@ -3,6 +3,7 @@ scripts (`--json`, `events show`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.redact import redact
 from core.settings import Settings
 from db.duties import DutyRow
 from db.models import EventStatus
@@ -137,12 +139,16 @@ def _jsonable(value: Any) -> Any:
 
 def event_json(record: EventRecord) -> dict[str, Any]:
     """A ledger row as JSON-ready data, every column in table order (the sealed card token
-    only as a marker: ciphertext is nothing an operator can use)."""
+    only as a marker: ciphertext is nothing an operator can use; client secrets masked)."""
     out: dict[str, Any] = {}
     for column in fields(record):
         value = getattr(record, column.name)
         if column.name == "sealed":
             out["sealed_token"] = SEALED_MARKER if value else None
+        elif column.name == "result" and value is not None:
+            # An event waiting for its customer keeps the client secret the app needs in
+            # its result; an operator's terminal is no place for it.
+            out["result"] = json.loads(redact(json.dumps(value)))
         else:
             out[column.name] = _jsonable(value)
     return out
