@@ -17,9 +17,10 @@ Stripe's current payments API, modelled here on Stripe's docs (API version
 2026-10-28, stripe-python 16.1's shapes) over localstripe's store; test
 cards and ids in cards.py (tests/unit/test_stripe_fake_modern.py):
 
-* PaymentMethods (payment_methods.py): ``POST /v1/payment_methods`` (type
-  card; ``card[number|exp_month|exp_year|cvc]`` or ``card[token]``; Luhn,
-  expiry and CVC checked: 402 ``incorrect_number`` etc.), retrieve, update
+* PaymentMethods (payment_methods.py; the object payment_method_object.py,
+  localstripe's card predicates payment_method_predicates.py): ``POST
+  /v1/payment_methods`` (type card; ``card[number|exp_month|exp_year|cvc]``
+  or ``card[token]``; Luhn, expiry and CVC checked: 402 ``incorrect_number`` etc.), retrieve, update
   (metadata, billing_details), attach (400 ``payment_method_unexpected_state``
   when attached already, a card check that declines the testing page's
   decline cards: 402 with ``decline_code``), detach (then unusable), ``GET
@@ -34,8 +35,9 @@ cards and ids in cards.py (tests/unit/test_stripe_fake_modern.py):
   PaymentMethod is attached to the customer on success; 402 with
   ``error.setup_intent`` on a decline; requires_action for 3-D Secure cards),
   cancel, list.
-* PaymentIntents (payment_intents.py): create (``confirm``, ``off_session``,
-  ``description``, ``metadata``, ``setup_future_usage``,
+* PaymentIntents (payment_intents.py; the object payment_intent_object.py,
+  its state machine payment_intent_confirm.py): create (``confirm``,
+  ``off_session``, ``description``, ``metadata``, ``setup_future_usage``,
   ``error_on_requires_action``, ...), retrieve (``expand[]=latest_charge``),
   update, confirm (with ``payment_method``), cancel, ``GET
   /v1/payment_intents?customer=``. ``payment_method`` may be a legacy

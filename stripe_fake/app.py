@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import backend, payment_intents, setup_intents
+from . import backend, payment_intent_confirm, setup_intents
 from .faults import Fault, FaultRegistry, FaultSpecError, error_body
 from .idempotency import (
     IN_USE_MESSAGE,
@@ -262,7 +262,7 @@ async def _success_of(request: web.Request) -> bool:
 
 async def post_authenticate_payment_intent(request: web.Request) -> web.Response:
     """The customer completes (success) or fails 3-D Secure on-session."""
-    pi = payment_intents.authenticate(request.match_info["id"], await _success_of(request))
+    pi = payment_intent_confirm.authenticate(request.match_info["id"], await _success_of(request))
     return _json(200, pi._export())
 
 

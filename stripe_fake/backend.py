@@ -11,7 +11,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import cards, charges, payment_intents, payment_methods, refunds, setup_intents
+from . import (
+    cards,
+    charges,
+    payment_intents,
+    payment_method_predicates,
+    payment_methods,
+    refunds,
+    setup_intents,
+)
 from .common import card_error
 from .localstripe_ext import res as _res
 from .localstripe_ext import server as _server
@@ -66,6 +74,8 @@ def _add_source(id: str, source: Any = None, metadata: Any = None, **kwargs: Any
 
 # Customer._api_create(source=...) calls this too, so patch the class.
 Customer._api_add_source = staticmethod(_add_source)
+# Charges, card attaches and intents ask these of a card: Stripe's test cards.
+payment_method_predicates.install()
 
 
 def _list_sources(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import cards, payment_methods
+from . import cards, payment_method_object
 from .common import (
     DOC_URL,
     Params,
@@ -93,7 +93,7 @@ def _confirm(si: FakeSetupIntent, pm: Any, params: Params) -> None:
     si._pm, si.payment_method = pm, pm.id
     si.last_setup_error = None
     try:
-        payment_methods.check_card(pm)
+        payment_method_object.check_card(pm)
     except StripeError as e:
         error = e.body["error"]
         si.status, si.payment_method, si.next_action = "requires_payment_method", None, None
@@ -102,7 +102,7 @@ def _confirm(si: FakeSetupIntent, pm: Any, params: Params) -> None:
             "decline_code": error.get("decline_code"),
             "doc_url": error.get("doc_url"),
             "message": error["message"],
-            "payment_method": payment_methods.render(pm),
+            "payment_method": payment_method_object.render(pm),
             "type": "card_error",
         }
         raise card_error(
@@ -110,9 +110,9 @@ def _confirm(si: FakeSetupIntent, pm: Any, params: Params) -> None:
             error["code"],
             error.get("decline_code"),
             setup_intent=si._export(),
-            payment_method=payment_methods.render(pm),
+            payment_method=payment_method_object.render(pm),
         ) from None
-    if cards.card_for(payment_methods.number_of(pm)).authentication is not None:
+    if cards.card_for(payment_method_object.number_of(pm)).authentication is not None:
         # Both kinds of 3-D Secure test card authenticate on setup.
         si.status = "requires_action"
         return_url = params.get("return_url")
@@ -132,15 +132,6 @@ def _confirm(si: FakeSetupIntent, pm: Any, params: Params) -> None:
         )
         return
     _succeed(si)
-
-
-def _usable(pm: Any, customer: str | None) -> None:
-    if getattr(pm, "_used_up", False):
-        raise StripeError(
-            400, payment_methods.USED_UP, payment_methods.UNEXPECTED_STATE, "payment_method"
-        )
-    if pm.customer is not None and pm.customer != customer:
-        raise payment_methods.not_customers(pm.id, "payment_method")
 
 
 def _check_types(params: Params) -> None:
@@ -171,11 +162,11 @@ def create(path: Mapping[str, str], params: Params) -> Any:
     _check_types(params)
     customer = params.get("customer")
     if customer is not None:
-        customer = payment_methods.customer_or_error(customer).id
+        customer = payment_method_object.customer_or_error(customer).id
     pm = None
     if params.get("payment_method"):
-        pm = payment_methods.resolve(params["payment_method"], "payment_method")
-        _usable(pm, customer)
+        pm = payment_method_object.resolve(params["payment_method"], "payment_method")
+        payment_method_object.check_usable(pm, customer)
     confirm = to_bool(params, "confirm")
     if confirm and pm is None:
         raise StripeError(
@@ -214,8 +205,8 @@ def update(path: Mapping[str, str], params: Params) -> Any:
             raise StripeError(
                 400, f"This SetupIntent has a status of {si.status}.", UNEXPECTED_STATE
             )
-        pm = payment_methods.resolve(params["payment_method"], "payment_method")
-        _usable(pm, si.customer)
+        pm = payment_method_object.resolve(params["payment_method"], "payment_method")
+        payment_method_object.check_usable(pm, si.customer)
         si._pm, si.payment_method, si.status = pm, pm.id, "requires_confirmation"
     return si
 
@@ -232,8 +223,8 @@ def confirm(path: Mapping[str, str], params: Params) -> Any:
         raise StripeError(400, message, UNEXPECTED_STATE)
     pm = si._pm if si.payment_method else None
     if params.get("payment_method"):
-        pm = payment_methods.resolve(params["payment_method"], "payment_method")
-        _usable(pm, si.customer)
+        pm = payment_method_object.resolve(params["payment_method"], "payment_method")
+        payment_method_object.check_usable(pm, si.customer)
     if pm is None:
         raise StripeError(
             400,
@@ -289,7 +280,7 @@ def authenticate(si_id: str, success: bool) -> FakeSetupIntent:
         # Assumption: wording and type (the code is on the error-codes page).
         "message": "The latest attempt to set up the payment method has failed because "
         "authentication failed.",
-        "payment_method": payment_methods.render(si._pm),
+        "payment_method": payment_method_object.render(si._pm),
         "type": "invalid_request_error",
     }
     return si
