@@ -9,6 +9,7 @@ from tasks.phases import Workflow
 from tasks.workflows.cards import CARD_REMOVED, CARD_TOKEN_RECEIVED, DEFAULT_CARD_CHANGED
 from tasks.workflows.charges import WORKFLOW as CHARGE_REQUESTED
 from tasks.workflows.customers import WORKFLOW as USER_REGISTERED
+from tasks.workflows.refunds import WORKFLOW as REFUND_REQUESTED
 
 WORKFLOWS: dict[str, Workflow[Any, Any]] = {
     workflow.message_type: workflow
@@ -18,5 +19,6 @@ WORKFLOWS: dict[str, Workflow[Any, Any]] = {
         DEFAULT_CARD_CHANGED,
         CARD_REMOVED,
         CHARGE_REQUESTED,
+        REFUND_REQUESTED,
     )
 }
