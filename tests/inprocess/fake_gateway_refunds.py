@@ -72,9 +72,8 @@ class FakeRefunds:
 
     def amount_refunded(self, charge_id: str) -> int:
         """The charge's refunded amount as Stripe shows it (pending refunds included)."""
-        return sum(
-            r.amount for r in self.refunds.values() if r.charge_id == charge_id and r.status in _COUNTED
-        )
+        refunds = self.refunds.values()
+        return sum(r.amount for r in refunds if r.charge_id == charge_id and r.status in _COUNTED)
 
     # ---- StripeGateway -----------------------------------------------------------------
 
@@ -100,7 +99,8 @@ class FakeRefunds:
     ) -> RefundOutcome | None:
         def find() -> RefundOutcome | None:
             for refund in reversed(self.refunds.values()):  # Stripe: newest first
-                if refund.charge_id == charge_id and _made_by(refund.metadata, event_id, generation):
+                made_by_event = _made_by(refund.metadata, event_id, generation)
+                if refund.charge_id == charge_id and made_by_event:
                     return refund.outcome()
             return None
 
@@ -138,7 +138,8 @@ class FakeRefunds:
                 code="amount_too_large",
             )
         status = "pending" if self.__dict__.get("_hold_refunds") else "succeeded"
-        refund = Refund(f"re_{uuid.uuid4().hex[:16]}", charge_id, amount, reason, dict(metadata), status)
+        refund_id = f"re_{uuid.uuid4().hex[:16]}"
+        refund = Refund(refund_id, charge_id, amount, reason, dict(metadata), status)
         self.refunds[refund.id] = refund
         return refund
 

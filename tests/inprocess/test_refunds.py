@@ -137,10 +137,14 @@ def test_a_refund_of_a_failed_or_unfinished_charge_is_not_refundable(
     user_id = ids("user")
     customer_id = customer(user_id)
     card(user_id, customer_id, DECLINED_AT_CHARGE)
-    declined = ChargeRequested(event_id=ids("declined"), user_id=user_id, amount=900, currency="usd")
+    declined = ChargeRequested(
+        event_id=ids("declined"), user_id=user_id, amount=900, currency="usd"
+    )
     assert deliveries.deliver(declined)["error_code"] == "card_declined"
     gateway.stop_declining(gateway.customers[customer_id].cards[0])
-    unfinished = ChargeRequested(event_id=ids("unknown"), user_id=user_id, amount=900, currency="usd")
+    unfinished = ChargeRequested(
+        event_id=ids("unknown"), user_id=user_id, amount=900, currency="usd"
+    )
     gateway.fail_next("create_charge", OutcomeUnknown("no answer"))
     deliveries.deliver(unfinished)
     pending_charge = rows.charge(unfinished.event_id)
