@@ -292,7 +292,7 @@ def test_status_shows_counts_by_type_and_status_retries_due_and_the_oldest_event
 
 
 def test_events_list_rejects_a_malformed_since_and_an_unknown_type(worker):
-    for args in (["--since", "yesterday"], ["--type", "refund_requested"]):
+    for args in (["--since", "yesterday"], ["--type", "refund_issued"]):
         done = run_cli(worker.env, "events", "list", *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
 
