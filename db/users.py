@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from core.errors import PermanentError, PrerequisiteMissing
-from db.models import Card, Customer
+from db.models import Card, CardKind, Customer
 
 CUSTOMERS = cast(Table, Customer.__table__)
 CARDS = cast(Table, Card.__table__)
@@ -26,6 +26,7 @@ class CardRow:
     last4: str | None
     is_default: bool
     removed_at: datetime | None
+    kind: str = CardKind.SOURCE
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class NewCard:
     exp_year: int | None
     is_default: bool
     event_id: str
+    # A legacy card (card_..., from a token) or a PaymentMethod (pm_...).
+    kind: CardKind = CardKind.SOURCE
 
 
 _CARD_COLUMNS = (
@@ -49,6 +52,7 @@ _CARD_COLUMNS = (
     CARDS.c.last4,
     CARDS.c.is_default,
     CARDS.c.removed_at,
+    CARDS.c.kind,
 )
 
 

@@ -38,29 +38,25 @@ class ModernCalls:
         """
         with translated():
             pm = self._client.v1.payment_methods.retrieve(payment_method)
-        card = getattr(pm, "card", None)
-        if getattr(pm, "type", None) != "card" or card is None:
-            raise StripeInvalidRequest(f"payment method {payment_method} is not a card")
-        details = card_details(card)
-        details = CardDetails(**{**details.__dict__, "card_id": str(pm.id)})
-        owner = getattr(pm, "customer", None)
-        if owner is not None and not isinstance(owner, str):
-            owner = getattr(owner, "id", None)
-        return PaymentMethodCard(details, owner)
+        return _payment_method_card(pm)
 
-    def attach_payment_method(self, key: str, *, customer_id: str, payment_method: str) -> None:
-        """Attach a PaymentMethod to the customer.
+    def attach_payment_method(
+        self, key: str, *, customer_id: str, payment_method: str
+    ) -> PaymentMethodCard:
+        """Attach a PaymentMethod to the customer; returns it as attached (a test id such
+        as `pm_card_visa` comes back as a new `pm_...`). Stripe's attach takes no metadata.
 
         Raises:
             CardDeclined: the card was declined while it was checked.
-            StripeInvalidRequest: it is attached to another customer, or used up.
+            StripeInvalidRequest: it is attached to a customer already, or used up.
         """
         with translated():
-            self._client.v1.payment_methods.attach(
+            pm = self._client.v1.payment_methods.attach(
                 payment_method,
                 params={"customer": customer_id},
                 options={"idempotency_key": key},
             )
+        return _payment_method_card(pm)
 
     def detach_payment_method(self, payment_method: str) -> None:
         """Detach a PaymentMethod from its customer.
@@ -86,6 +82,20 @@ class ModernCalls:
                 options={"idempotency_key": key},
             )
         return SetupOutcome(str(seti.id), str(seti.client_secret), str(seti.status))
+
+    def find_setup_intent(
+        self, *, customer_id: str, event_id: str, generation: int | None = None
+    ) -> SetupOutcome | None:
+        """The SetupIntent an event (of `generation`; None: any) created for the customer,
+        found by its metadata (after the key expired)."""
+        with translated():
+            page = self._client.v1.setup_intents.list(
+                params={"customer": customer_id, "limit": 100}
+            )
+            for seti in page.auto_paging_iter():
+                if made_by(seti, event_id, generation):
+                    return SetupOutcome(str(seti.id), str(seti.client_secret), str(seti.status))
+        return None
 
     # ---- PaymentIntents ---------------------------------------------------------------
 
@@ -218,3 +228,15 @@ class ModernCalls:
         with translated():
             refund = self._client.v1.refunds.retrieve(refund_id)
         return refund_outcome(refund)
+
+
+def _payment_method_card(pm: Any) -> PaymentMethodCard:
+    """A card PaymentMethod as payworker reads it: its card (`card_id` the pm id) and owner."""
+    card = getattr(pm, "card", None)
+    if getattr(pm, "type", None) != "card" or card is None:
+        raise StripeInvalidRequest(f"payment method {pm.id} is not a card")
+    details = CardDetails(**{**card_details(card).__dict__, "card_id": str(pm.id)})
+    owner = getattr(pm, "customer", None)
+    if owner is not None and not isinstance(owner, str):
+        owner = getattr(owner, "id", None)
+    return PaymentMethodCard(details, owner)

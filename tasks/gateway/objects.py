@@ -3,7 +3,7 @@ objects without importing the SDK (attribute reads only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.redact import redact
@@ -57,8 +57,11 @@ class IntentOutcome:
 
 @dataclass(frozen=True)
 class SetupOutcome:
+    """A SetupIntent as payworker reads it. `client_secret` is for the app alone: kept out
+    of the repr, it goes only into the event's result."""
+
     setup_intent_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     status: str
 
 

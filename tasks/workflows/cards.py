@@ -9,33 +9,36 @@ card_token_received:
     card_attached ──(Stripe: default, if first or asked)──> succeeded
 
 default_card_changed: started ──> default_setting ──(Stripe: default)──> succeeded
-card_removed:         started ──> card_removing ──(Stripe: delete)──> succeeded
+card_removed:         started ──> card_removing ──(Stripe: delete, or detach a pm_)──> succeeded
+
+Both take a legacy card (card_...) or a PaymentMethod (pm_...); the gateway sets the
+default of either kind (default_source, invoice_settings.default_payment_method).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from typing import Any
 
 from sqlalchemy import Connection
 
-from core.errors import PermanentError, StripeNotFound
 from db import users
 from db.ledger import STARTED, now
+from db.models import CardKind
 from db.replays import EventRow
 from tasks.gateway import CardDetails
 from tasks.messages import CardRemoved, CardTokenReceived, DefaultCardChanged
-from tasks.phases import (
-    Advance,
-    Fail,
-    Phase,
-    Progress,
-    Regeneration,
-    Run,
-    Step,
-    Succeed,
-    Workflow,
+from tasks.phases import Advance, Phase, Regeneration, Run, Step, Succeed, Workflow
+from tasks.workflows.cards_common import (
+    CardProgress,
+    CustomerProgress,
+    adopt_winner,
+    customer,
+    default_attached,
+    default_on_stripe,
+    finish_attached,
+    known_card,
+    record_attached,
+    remove_from_stripe,
 )
 
 
@@ -51,53 +54,12 @@ class Point(enum.StrEnum):
     REMOVING = "card_removing"
 
 
-class CardProgress(Progress):
-    customer_id: str | None = None
-    # The token's card, read before anything was attached.
-    card: CardDetails | None = None
-    card_id: str | None = None
-    # Postgres chose this card as the user's first: it becomes the default on Stripe too.
-    first: bool = False
-    duplicate: bool = False
-    discard_card_id: str | None = None
-    deleted_duplicate_card_id: str | None = None
-
-
-class CustomerProgress(Progress):
-    customer_id: str | None = None
-
-
 TokenRun = Run[CardTokenReceived, CardProgress]
-
-
-def _customer(run: Run[Any, Any], known: str | None) -> str:
-    """The customer recorded in progress, or (an event from before it was) read now."""
-    if known is not None:
-        return known
-    with run.reading() as conn:
-        return users.customer_of(conn, run.message.user_id)
-
-
-def _card_result(conn: Connection, user_id: str, card_id: str, progress: CardProgress) -> Step:
-    card = users.card_of(conn, user_id, card_id, active=False)
-    result: dict[str, Any] = {
-        "card_id": card.stripe_card_id,
-        "duplicate": progress.duplicate,
-        "fingerprint": card.fingerprint,
-        "brand": card.brand,
-        "last4": card.last4,
-        "is_default": card.is_default,
-    }
-    if progress.deleted_duplicate_card_id:
-        result["deleted_duplicate_card_id"] = progress.deleted_duplicate_card_id
-    return Succeed(result)
 
 
 def _known_card(run: TokenRun, conn: Connection, progress: CardProgress) -> Step:
     """The user has this card already: make it the default if asked, else done."""
-    if run.message.make_default:
-        return Advance(Point.ATTACHED, progress)
-    return _card_result(conn, run.message.user_id, str(progress.card_id), progress)
+    return known_card(run, conn, progress, Point.ATTACHED, with_kind=False)
 
 
 # ---- card_token_received -------------------------------------------------------------------
@@ -105,7 +67,7 @@ def _known_card(run: TokenRun, conn: Connection, progress: CardProgress) -> Step
 
 def _read_token(run: TokenRun) -> tuple[str, CardDetails]:
     # The customer first: a token is not read while its user is not registered.
-    customer_id = _customer(run, None)
+    customer_id = customer(run, None)
     return customer_id, run.gateway.retrieve_token(run.message.token)
 
 
@@ -123,7 +85,7 @@ def _dedupe(run: TokenRun, conn: Connection, read: tuple[str, CardDetails]) -> S
 
 def _attach(run: TokenRun) -> CardDetails:
     msg = run.message
-    customer_id = _customer(run, run.progress.customer_id)
+    customer_id = customer(run, run.progress.customer_id)
     attached = None
     if run.key_may_have_expired():
         attached = run.gateway.find_card(
@@ -137,84 +99,26 @@ def _attach(run: TokenRun) -> CardDetails:
 def _record_attached(run: TokenRun, conn: Connection, attached: CardDetails) -> Step:
     """Record the card; a concurrent attach of the same card that won the race sends ours
     to be deleted instead."""
-    msg = run.message
-    assert attached.card_id is not None
-    users.lock_user(conn, msg.user_id)
-    # The user's first active card becomes the default; Stripe is told next.
-    first = users.active_card_count(conn, msg.user_id) == 0
-    new = users.NewCard(
-        stripe_card_id=attached.card_id,
-        user_id=msg.user_id,
-        fingerprint=attached.fingerprint,
-        brand=attached.brand,
-        last4=attached.last4,
-        exp_month=attached.exp_month,
-        exp_year=attached.exp_year,
-        is_default=first,
-        event_id=msg.event_id,
-    )
-    progress = run.progress.model_copy(update={"card": attached})
-    if not users.add_card(conn, new):
-        discard = progress.model_copy(update={"discard_card_id": attached.card_id})
-        return Advance(Point.DISCARDING, discard, forget_token=True)
-    done = progress.model_copy(update={"card_id": attached.card_id, "first": first})
-    return Advance(Point.ATTACHED, done, forget_token=True)
+    recorded, progress = record_attached(run, conn, attached, CardKind.SOURCE, run.progress)
+    point = Point.ATTACHED if recorded else Point.DISCARDING
+    return Advance(point, progress, forget_token=True)
 
 
 def _discard(run: TokenRun) -> None:
     """Another event attached the same card first: delete our copy from Stripe."""
-    customer_id = _customer(run, run.progress.customer_id)
-    with contextlib.suppress(StripeNotFound):  # deleted by an earlier attempt of this event
-        run.gateway.delete_card(customer_id=customer_id, card_id=str(run.progress.discard_card_id))
+    customer_id = customer(run, run.progress.customer_id)
+    remove_from_stripe(run.gateway, customer_id, str(run.progress.discard_card_id))
 
 
 def _adopt_winner(run: TokenRun, conn: Connection, _: None) -> Step:
-    assert run.progress.card is not None
-    winner = users.active_with_fingerprint(conn, run.message.user_id, run.progress.card.fingerprint)
-    if winner is None:
-        # The winner was removed in between and our copy is deleted: nothing is left to
-        # adopt, and the token is spent, so the upstream app must send a new one.
-        error = PermanentError(
-            "the card was removed while this token was being attached", code="card_not_found"
-        )
-        return Fail(error)
-    progress = run.progress.model_copy(
-        update={
-            "card_id": winner,
-            "duplicate": True,
-            "deleted_duplicate_card_id": run.progress.discard_card_id,
-        }
-    )
-    return _known_card(run, conn, progress)
-
-
-def _default_on_stripe(run: Run[Any, Any], customer_id: str, card_id: str) -> None:
-    """Make the card the default on Stripe (Postgres follows in the commit)."""
-    try:
-        run.gateway.set_default_card(run.key("default"), customer_id=customer_id, card_id=card_id)
-    except StripeNotFound:
-        raise PermanentError(f"card {card_id!r} is gone on Stripe", code="card_not_found") from None
-
-
-def _wants_default(run: TokenRun) -> bool:
-    # Postgres decided which card is the user's first; Stripe follows, because two first
-    # cards attached at once may reach Stripe in the other order.
-    return run.message.make_default or run.progress.first
-
-
-def _default_attached(run: TokenRun) -> None:
-    if _wants_default(run):
-        customer_id = _customer(run, run.progress.customer_id)
-        _default_on_stripe(run, customer_id, str(run.progress.card_id))
+    # The winner was removed in between and our copy is deleted: nothing is left to
+    # adopt, and the token is spent, so the upstream app must send a new one.
+    spent = "the card was removed while this token was being attached"
+    return adopt_winner(run, conn, Point.ATTACHED, with_kind=False, spent=spent)
 
 
 def _finish_attached(run: TokenRun, conn: Connection, _: None) -> Step:
-    msg, card_id = run.message, str(run.progress.card_id)
-    if _wants_default(run):
-        users.lock_user(conn, msg.user_id)
-        users.card_of(conn, msg.user_id, card_id)
-        users.make_default(conn, msg.user_id, card_id)
-    return _card_result(conn, msg.user_id, card_id, run.progress)
+    return finish_attached(run, conn, with_kind=False)
 
 
 def _no_new_generation(_conn: Connection, _event: EventRow) -> Regeneration | str:
@@ -231,7 +135,7 @@ CARD_TOKEN_RECEIVED: Workflow[CardTokenReceived, CardProgress] = Workflow(
         Point.STARTED: Phase(call=_read_token, commit=_dedupe),
         Point.ATTACHING: Phase(call=_attach, commit=_record_attached),
         Point.DISCARDING: Phase(call=_discard, commit=_adopt_winner),
-        Point.ATTACHED: Phase(call=_default_attached, commit=_finish_attached),
+        Point.ATTACHED: Phase(call=default_attached, commit=_finish_attached),
     },
     # The token is read at `started` and attached at `card_attaching`.
     token_needed_at=frozenset({Point.STARTED, Point.ATTACHING}),
@@ -251,8 +155,8 @@ def _check_card(run: DefaultRun, conn: Connection, _: None) -> Step:
 
 
 def _set_default(run: DefaultRun) -> None:
-    customer_id = _customer(run, run.progress.customer_id)
-    _default_on_stripe(run, customer_id, run.message.card_id)
+    customer_id = customer(run, run.progress.customer_id)
+    default_on_stripe(run, customer_id, run.message.card_id)
 
 
 def _record_default(run: DefaultRun, conn: Connection, _: None) -> Step:
@@ -287,10 +191,10 @@ def _check_removal(run: RemovalRun, conn: Connection, _: None) -> Step:
 
 
 def _delete(run: RemovalRun) -> str | None:
-    """Delete the card on Stripe; returns Stripe's default card afterwards."""
-    customer_id = _customer(run, run.progress.customer_id)
-    with contextlib.suppress(StripeNotFound):  # an earlier attempt of this event deleted it
-        run.gateway.delete_card(customer_id=customer_id, card_id=run.message.card_id)
+    """Remove the card from the customer on Stripe (a legacy card deleted, a PaymentMethod
+    detached); returns Stripe's default card afterwards."""
+    customer_id = customer(run, run.progress.customer_id)
+    remove_from_stripe(run.gateway, customer_id, run.message.card_id)
     return run.gateway.default_card(customer_id)
 
 
