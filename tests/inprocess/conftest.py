@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from core.settings import Settings
 from db import users
 from db.ledger import now
+from db.models import CardKind
 from tasks.ratelimit import LocalLimiter, Pace
 from tasks.resources import Resources
 from tasks.sealing import TokenSealer
@@ -161,3 +162,36 @@ def remove_card(engine: Engine, gateway: FakeGateway) -> Callable[[str, str, str
             users.mark_removed(conn, card_id, now())
 
     return remove
+
+
+@pytest.fixture
+def pm_card(engine: Engine, gateway: FakeGateway) -> Callable[..., str]:
+    """Factory: a PaymentMethod attached on Stripe and recorded in Postgres (as a processed
+    payment_method_received leaves it); the first card of a user is its default on both
+    sides (the invoice default on Stripe). Returns the PaymentMethod's id."""
+
+    def make(user_id: str, customer_id: str, number: str = VISA) -> str:
+        pm_id = gateway.add_payment_method(number, customer_id=customer_id)
+        details = gateway.payment_methods[pm_id].details
+        with engine.begin() as conn:
+            first = users.active_card_count(conn, user_id) == 0
+            users.add_card(
+                conn,
+                users.NewCard(
+                    stripe_card_id=pm_id,
+                    user_id=user_id,
+                    fingerprint=details.fingerprint,
+                    brand=details.brand,
+                    last4=details.last4,
+                    exp_month=details.exp_month,
+                    exp_year=details.exp_year,
+                    is_default=first,
+                    event_id=f"setup-{pm_id}",
+                    kind=CardKind.PAYMENT_METHOD,
+                ),
+            )
+        if first:
+            gateway.customers[customer_id].default_payment_method = pm_id
+        return pm_id
+
+    return make

@@ -21,7 +21,6 @@ may be any exception, a foreign one included, to exercise `core.errors.translate
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 
 from core.errors import CardDeclined, PayworkerError, StripeInvalidRequest, StripeNotFound
 from tasks.gateway import CardDetails, ChargeOutcome
-from tests.inprocess.fake_gateway_cards import FakeCards
+from tests.inprocess.fake_gateway_cards import FakeCards, card_details_of
 from tests.inprocess.fake_gateway_intents import FakeIntents
 from tests.inprocess.fake_gateway_refunds import FakeRefunds
 
@@ -42,7 +41,6 @@ MASTERCARD = "5555555555554444"
 # code Stripe gives.
 DECLINES = {"4000000000000341": "generic_decline", "4000000000009995": "insufficient_funds"}
 DECLINED_AT_CHARGE = "4000000000009995"  # insufficient_funds
-_BRANDS = {"3": "American Express", "4": "Visa", "5": "MasterCard", "6": "Discover"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,8 @@ class Customer:
     # Card ids, oldest first.
     cards: list[str] = field(default_factory=list)
     default_card: str | None = None
+    # invoice_settings.default_payment_method: the default when set (fake_gateway_cards.py).
+    default_payment_method: str | None = None
 
 
 @dataclass
@@ -120,6 +120,7 @@ class FakeGateway(FakeCards, FakeIntents, FakeRefunds):
     """Stripe in dicts, with the methods of `tasks.gateway.StripeGateway`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.customers: dict[str, Customer] = {}
         self.cards: dict[str, Card] = {}
         self.charges: dict[str, Charge] = {}
@@ -144,14 +145,7 @@ class FakeGateway(FakeCards, FakeIntents, FakeRefunds):
 
     def add_token(self, number: str = VISA, *, brand: str | None = None) -> str:
         """A stripe.js token for a card number; the same number, the same fingerprint."""
-        fingerprint = "fp_" + hashlib.sha256(number.encode()).hexdigest()[:16]
-        card = CardDetails(
-            fingerprint=fingerprint,
-            brand=brand or _BRANDS.get(number[0], "Unknown"),
-            last4=number[-4:],
-            exp_month=12,
-            exp_year=2034,
-        )
+        card = card_details_of(number, brand)
         token = Token(_new_id("tok"), card, DECLINES.get(number))
         self.tokens[token.id] = token
         return token.id
@@ -235,21 +229,24 @@ class FakeGateway(FakeCards, FakeIntents, FakeRefunds):
 
     def set_default_card(self, key: str, *, customer_id: str, card_id: str) -> None:
         def set_default() -> None:
+            if card_id.startswith("pm_"):
+                self._set_default_payment_method(customer_id, card_id)
+                return
             customer = self._customer(customer_id)
             if card_id not in customer.cards:
                 raise StripeNotFound(f"No such source: {card_id!r}")
             customer.default_card = card_id
+            customer.default_payment_method = None  # as the gateway clears it
 
         params = {"customer_id": customer_id, "card_id": card_id}
         self._call("set_default_card", key, params, set_default)
 
     def default_card(self, customer_id: str) -> str | None:
-        return self._call(
-            "default_card",
-            None,
-            {"customer_id": customer_id},
-            lambda: self._customer(customer_id).default_card,
-        )
+        def default() -> str | None:
+            customer = self._customer(customer_id)
+            return customer.default_payment_method or customer.default_card
+
+        return self._call("default_card", None, {"customer_id": customer_id}, default)
 
     def create_charge(
         self,

@@ -22,7 +22,10 @@ def token_received(
 
 
 def test_started_attaches_a_new_card_and_makes_the_first_one_the_default(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given a registered user without cards, and a token for a Visa
@@ -61,8 +64,12 @@ def test_started_attaches_a_new_card_and_makes_the_first_one_the_default(
 
 
 def test_started_with_a_known_fingerprint_is_a_duplicate_and_attaches_nothing(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user with a Visa, and a new token for the same Visa
     user = ids("user")
@@ -83,8 +90,12 @@ def test_started_with_a_known_fingerprint_is_a_duplicate_and_attaches_nothing(
 
 
 def test_started_with_a_known_fingerprint_and_make_default_switches_the_default(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user with a Visa (default) and a Mastercard, and a new token for the
     # Mastercard that asks for it to be the default
@@ -107,7 +118,10 @@ def test_started_with_a_known_fingerprint_and_make_default_switches_the_default(
 
 
 def test_card_attaching_resumes_after_a_lost_response_with_the_same_key(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given an attach that reached Stripe but whose response was lost
@@ -137,7 +151,10 @@ def test_card_attaching_resumes_after_a_lost_response_with_the_same_key(
 
 
 def test_card_discarding_deletes_our_copy_when_another_event_recorded_the_card_first(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given event A's attach of a Visa reached Stripe but its response was lost, and
@@ -172,8 +189,13 @@ def test_card_discarding_deletes_our_copy_when_another_event_recorded_the_card_f
 
 
 def test_card_discarding_fails_when_the_winner_was_removed_meanwhile(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], remove_card: Callable[..., None],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    remove_card: Callable[..., None],
 ) -> None:
     # Given an event at card_discarding whose copy of a Visa lost the race to a card that
     # has been removed since
@@ -202,8 +224,12 @@ def test_card_discarding_fails_when_the_winner_was_removed_meanwhile(
 
 
 def test_card_attached_makes_a_second_card_the_default_when_asked(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose Visa is the default, and a Mastercard token with make_default
     user = ids("user")
@@ -227,8 +253,12 @@ def test_card_attached_makes_a_second_card_the_default_when_asked(
 
 
 def test_card_attached_leaves_the_default_alone_for_a_second_card(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose Visa is the default, and a Mastercard token without make_default
     user = ids("user")
@@ -249,7 +279,10 @@ def test_card_attached_leaves_the_default_alone_for_a_second_card(
 
 
 def test_card_attached_resumes_the_default_switch_after_a_lost_response(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given a first card attached and recorded, whose default switch on Stripe happened
@@ -279,7 +312,10 @@ def test_card_attached_resumes_the_default_switch_after_a_lost_response(
 
 
 def test_card_attaching_after_the_key_expired_finds_the_card_by_metadata(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given an attach that reached Stripe, its response lost, and a day gone by: Stripe has

@@ -21,8 +21,13 @@ def charge_requested(
 
 
 def test_started_records_a_pending_charge_then_charges_once(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given a user with a default Visa
     customer_id = customer(ids("user"))
@@ -61,8 +66,13 @@ def test_started_records_a_pending_charge_then_charges_once(
 
 
 def test_started_fails_an_amount_below_the_minimum_before_stripe(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given a user with a default card
     card(ids("user"), customer(ids("user")))
@@ -88,8 +98,12 @@ def test_started_fails_an_amount_below_the_minimum_before_stripe(
 
 
 def test_charge_creating_resumes_after_a_lost_response_with_the_same_key(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a charge that reached Stripe but whose response was lost
     card(ids("user"), customer(ids("user")))
@@ -118,8 +132,13 @@ def test_charge_creating_resumes_after_a_lost_response_with_the_same_key(
 
 
 def test_charge_creating_declined_fails_the_event_and_its_charge(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given a user whose default card has insufficient funds
     card(ids("user"), customer(ids("user")), DECLINED_AT_CHARGE)
@@ -153,8 +172,12 @@ def test_charge_creating_declined_fails_the_event_and_its_charge(
 
 
 def test_charge_creating_after_the_key_expired_finds_the_charge_by_metadata(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a charge that reached Stripe, its response lost, and a day gone by: Stripe has
     # forgotten the key
@@ -179,8 +202,12 @@ def test_charge_creating_after_the_key_expired_finds_the_charge_by_metadata(
 
 
 def test_charge_creating_after_the_key_expired_fails_with_the_declined_charge_found(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a declined charge whose answer was lost, a day ago
     card(ids("user"), customer(ids("user")), DECLINED_AT_CHARGE)
@@ -210,8 +237,12 @@ def test_charge_creating_after_the_key_expired_fails_with_the_declined_charge_fo
 
 
 def test_charge_creating_after_the_key_expired_charges_when_nothing_was_made(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a charge that never reached Stripe (no answer before it was sent), a day ago
     card(ids("user"), customer(ids("user")))

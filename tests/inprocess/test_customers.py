@@ -24,7 +24,10 @@ def registration(ids: Callable[[str], str], event: str = "reg") -> UserRegistere
 
 
 def test_started_creates_the_customer_and_records_it(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     telemetry: RecordingTelemetry,
 ) -> None:
     # Given a new user
@@ -55,7 +58,10 @@ def test_started_creates_the_customer_and_records_it(
 
 
 def test_started_adopts_the_customer_the_user_already_has(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given a user registered by an earlier event
@@ -75,7 +81,10 @@ def test_started_adopts_the_customer_the_user_already_has(
 
 
 def test_started_waits_while_another_event_is_creating_the_customer(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
 ) -> None:
     # Given a first user_registered whose create is in flight (at customer_creating)
     first = registration(ids, "reg-first")
@@ -99,7 +108,10 @@ def test_started_waits_while_another_event_is_creating_the_customer(
 
 
 def test_customer_creating_resumes_after_a_lost_response_with_the_same_key(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
 ) -> None:
     # Given a create that reached Stripe but whose response was lost
     msg = registration(ids)
@@ -128,7 +140,10 @@ def test_customer_creating_resumes_after_a_lost_response_with_the_same_key(
 
 
 def test_customer_creating_after_the_key_expired_finds_the_customer_by_metadata(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
 ) -> None:
     # Given a create that reached Stripe, its response lost, and a day gone by: Stripe
     # has forgotten the key
@@ -155,7 +170,10 @@ def test_customer_creating_after_the_key_expired_finds_the_customer_by_metadata(
 
 
 def test_customer_creating_after_the_key_expired_creates_when_nothing_was_made(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
 ) -> None:
     # Given an event left at customer_creating a day ago whose create never reached Stripe
     msg = registration(ids)

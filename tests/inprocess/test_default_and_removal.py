@@ -27,8 +27,12 @@ def wallet(
 
 
 def test_started_checks_the_card_then_sets_the_default_on_stripe_and_in_postgres(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose Visa is the default
     user, customer_id, visa, mastercard = wallet(ids, customer, card)
@@ -51,8 +55,12 @@ def test_started_checks_the_card_then_sets_the_default_on_stripe_and_in_postgres
 
 
 def test_started_waits_for_a_card_not_recorded_yet(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose new card's card_token_received has not been processed yet
     user, _, visa, _ = wallet(ids, customer, card)
@@ -74,8 +82,12 @@ def test_started_waits_for_a_card_not_recorded_yet(
 
 
 def test_default_setting_resumes_after_a_transient_error(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a default switch that failed before reaching Stripe
     user, customer_id, visa, mastercard = wallet(ids, customer, card)
@@ -100,8 +112,12 @@ def test_default_setting_resumes_after_a_transient_error(
 
 
 def test_default_setting_fails_when_the_card_is_gone_on_stripe(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given an event at default_setting whose card was deleted on Stripe (by the dashboard)
     user, customer_id, visa, mastercard = wallet(ids, customer, card)
@@ -125,8 +141,12 @@ def test_default_setting_fails_when_the_card_is_gone_on_stripe(
 
 
 def test_started_removes_a_card_that_is_not_the_default(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose Visa is the default
     user, customer_id, visa, mastercard = wallet(ids, customer, card)
@@ -148,8 +168,13 @@ def test_started_removes_a_card_that_is_not_the_default(
 
 
 def test_started_with_a_card_already_removed_succeeds_without_stripe(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], remove_card: Callable[..., None],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    remove_card: Callable[..., None],
 ) -> None:
     # Given a card removed by an earlier event
     user, customer_id, _, mastercard = wallet(ids, customer, card)
@@ -169,8 +194,12 @@ def test_started_with_a_card_already_removed_succeeds_without_stripe(
 
 
 def test_card_removing_mirrors_the_default_stripe_chose(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a user whose Visa is the default, and a Mastercard
     user, customer_id, visa, mastercard = wallet(ids, customer, card)
@@ -190,8 +219,12 @@ def test_card_removing_mirrors_the_default_stripe_chose(
 
 
 def test_card_removing_resumes_after_a_lost_response(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a delete that reached Stripe but whose response was lost
     user, customer_id, visa, mastercard = wallet(ids, customer, card)

@@ -44,7 +44,10 @@ def registration(ids: Callable[[str], str]) -> UserRegistered:
 
 
 def test_a_value_postgres_cannot_store_fails_the_event_as_invalid(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     customer: Callable[[str], str],
 ) -> None:
     # Given a token whose card brand is longer than the cards.brand column (64)
@@ -70,8 +73,13 @@ def test_a_value_postgres_cannot_store_fails_the_event_as_invalid(
 
 
 def test_a_transient_error_is_a_counted_retry_with_backoff(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given Stripe answers 429 to the charge
     card(ids("user"), customer(ids("user")))
@@ -99,8 +107,12 @@ def test_a_transient_error_is_a_counted_retry_with_backoff(
 
 
 def test_the_last_transient_error_of_the_budget_buries_the_event(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given an attach that fails before reaching Stripe on every attempt of the budget
     customer(ids("user"))
@@ -168,7 +180,10 @@ def test_a_foreign_exception_is_translated_into_a_counted_retry(
 
 
 def test_an_unknown_recovery_point_is_an_internal_error_retried(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
 ) -> None:
     # Given an event whose recovery point its workflow does not know
     msg = charge_requested(ids)
@@ -189,8 +204,13 @@ def test_an_unknown_recovery_point_is_an_internal_error_retried(
 
 
 def test_a_missing_prerequisite_waits_without_spending_budget_until_it_arrives(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given a charge for a user whose user_registered has not been processed yet
     msg = charge_requested(ids)
@@ -222,7 +242,10 @@ def test_a_missing_prerequisite_waits_without_spending_budget_until_it_arrives(
 
 
 def test_a_missing_prerequisite_fails_once_the_window_has_passed(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     telemetry: RecordingTelemetry,
 ) -> None:
     # Given a charge that has waited for its user's customer since it was received, longer
@@ -246,8 +269,13 @@ def test_a_missing_prerequisite_fails_once_the_window_has_passed(
 
 
 def test_our_own_rate_limit_waits_without_spending_budget(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given the local limiter has no Stripe slot for the charge in time
     card(ids("user"), customer(ids("user")))
@@ -273,7 +301,10 @@ def test_our_own_rate_limit_waits_without_spending_budget(
 
 
 def test_a_configuration_fault_waits_for_free_as_long_as_it_lasts(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     telemetry: RecordingTelemetry,
 ) -> None:
     # Given Stripe refuses our API key, more times than the retry budget
@@ -308,8 +339,13 @@ def test_a_configuration_fault_waits_for_free_as_long_as_it_lasts(
 
 
 def test_a_run_whose_lease_was_taken_over_writes_nothing(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], telemetry: RecordingTelemetry,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    telemetry: RecordingTelemetry,
 ) -> None:
     # Given a charge at charge_creating, claimed by worker A whose lease then ran out, and
     # worker B that took the event over
@@ -349,7 +385,10 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing(
 
 
 def test_a_run_that_lost_its_lease_does_not_count_its_failure(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
     telemetry: RecordingTelemetry,
 ) -> None:
     # Given worker A's claim ran out and worker B took the event over

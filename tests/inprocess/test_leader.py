@@ -45,8 +45,12 @@ def start_leader(database_url: str, queue: str) -> Iterator[Callable[..., Leader
     started: list[Leader] = []
 
     def start(name: str, duty: CountingDuty) -> Leader:
-        settings = Settings(DATABASE_URL=database_url, PAYWORKER_QUEUE=queue,
-                            PAYWORKER_SWEEP_SECONDS=SWEEP_SECONDS, PAYWORKER_LEASE_SECONDS=6)
+        settings = Settings(
+            DATABASE_URL=database_url,
+            PAYWORKER_QUEUE=queue,
+            PAYWORKER_SWEEP_SECONDS=SWEEP_SECONDS,
+            PAYWORKER_LEASE_SECONDS=6,
+        )
         leader = Leader(settings, f"{name}@test:{len(started) + 1}", [duty])
         started.append(leader)
         leader.start()
@@ -103,8 +107,11 @@ def test_a_leader_whose_duties_keep_failing_steps_down_for_another(
     start_leader("healthy", healthy)
     # When its runs keep failing
     # Then after MAX_FAILED_RUNS of them it steps down and the other leads and runs
-    wait_until(lambda: healthy.runs >= 1, timeout=MAX_FAILED_RUNS * SWEEP_SECONDS + 5,
-               what="the healthy one runs the duty")
+    wait_until(
+        lambda: healthy.runs >= 1,
+        timeout=MAX_FAILED_RUNS * SWEEP_SECONDS + 5,
+        what="the healthy one runs the duty",
+    )
     assert not first.leading
     row = duty_row(engine, queue)
     assert row is not None and row["leader"].startswith("healthy@")
@@ -125,11 +132,14 @@ def test_a_leader_whose_session_is_killed_loses_the_lead_to_another(
     # an operator, a network cut)
     hi, lo = divmod(leader_key(queue), 1 << 32)
     with engine.begin() as conn:
-        killed = conn.execute(text(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks"
-            " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-            " AND classid::int8 = :hi AND objid::int8 = :lo"
-        ), {"hi": hi, "lo": lo}).scalar()
+        killed = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND classid::int8 = :hi AND objid::int8 = :lo"
+            ),
+            {"hi": hi, "lo": lo},
+        ).scalar()
     assert killed == 1
     # Then the lock is free: one of them leads again within a few sweep periods, alone
     wait_until(lambda: first.leading != second.leading, what="a new leader")

@@ -28,15 +28,18 @@ def limited(res: Resources, **settings: Any) -> Deliveries:
     return Deliveries(replace(res, settings=res.settings.model_copy(update=settings)))
 
 
-def charge(ids: Callable[[str], str], n: int = 0, amount: int = 2000,
-           currency: str = "usd") -> ChargeRequested:
-    return ChargeRequested(event_id=ids(f"charge{n}"), user_id=ids("user"), amount=amount,
-                           currency=currency)
+def charge(
+    ids: Callable[[str], str], n: int = 0, amount: int = 2000, currency: str = "usd"
+) -> ChargeRequested:
+    return ChargeRequested(
+        event_id=ids(f"charge{n}"), user_id=ids("user"), amount=amount, currency=currency
+    )
 
 
 @pytest.fixture
-def payer(ids: Callable[[str], str], customer: Callable[[str], str],
-          card: Callable[..., str]) -> str:
+def payer(
+    ids: Callable[[str], str], customer: Callable[[str], str], card: Callable[..., str]
+) -> str:
     """The test's user, with a customer and a default card."""
     card(ids("user"), customer(ids("user")))
     return ids("user")
@@ -46,7 +49,11 @@ def payer(ids: Callable[[str], str], customer: Callable[[str], str],
 
 
 def test_an_amount_over_the_currency_limit_fails_before_stripe(
-    ids: Callable[[str], str], res: Resources, gateway: FakeGateway, rows: Rows, payer: str,
+    ids: Callable[[str], str],
+    res: Resources,
+    gateway: FakeGateway,
+    rows: Rows,
+    payer: str,
 ) -> None:
     # Given a worker with a USD limit of 50.00
     deliveries = limited(res, max_amount={"usd": 5000})
@@ -71,7 +78,11 @@ def test_an_amount_over_the_currency_limit_fails_before_stripe(
 
 
 def test_the_limit_itself_and_other_currencies_pass(
-    ids: Callable[[str], str], res: Resources, gateway: FakeGateway, rows: Rows, payer: str,
+    ids: Callable[[str], str],
+    res: Resources,
+    gateway: FakeGateway,
+    rows: Rows,
+    payer: str,
 ) -> None:
     # Given a USD limit only
     deliveries = limited(res, max_amount={"usd": 5000})
@@ -84,7 +95,10 @@ def test_the_limit_itself_and_other_currencies_pass(
 
 
 def test_stripes_own_rules_come_first(
-    ids: Callable[[str], str], res: Resources, rows: Rows, payer: str,
+    ids: Callable[[str], str],
+    res: Resources,
+    rows: Rows,
+    payer: str,
 ) -> None:
     deliveries = limited(res, max_amount={"usd": 5000})
     outcome = deliveries.deliver(charge(ids, amount=10**9))
@@ -95,7 +109,11 @@ def test_stripes_own_rules_come_first(
 
 
 def test_a_charge_over_the_users_hourly_limit_fails_before_stripe(
-    ids: Callable[[str], str], res: Resources, gateway: FakeGateway, rows: Rows, payer: str,
+    ids: Callable[[str], str],
+    res: Resources,
+    gateway: FakeGateway,
+    rows: Rows,
+    payer: str,
 ) -> None:
     # Given a limit of 2 charges per user and hour, and a user charged twice
     deliveries = limited(res, user_charge_limit=2)
@@ -120,8 +138,12 @@ def test_a_charge_over_the_users_hourly_limit_fails_before_stripe(
 
 
 def test_failed_charges_and_charges_older_than_an_hour_do_not_count(
-    ids: Callable[[str], str], res: Resources, engine: Engine, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    res: Resources,
+    engine: Engine,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> None:
     # Given a limit of 1, a user whose declined charge failed, and an hour-old success
     user = ids("user")
@@ -130,14 +152,22 @@ def test_failed_charges_and_charges_older_than_an_hour_do_not_count(
     declined = charge(ids, 1)
     assert deliveries.deliver(declined)["error_code"] == "card_declined"
     with engine.begin() as conn:  # an earlier, succeeded charge, 61 minutes ago
-        conn.execute(text(
-            "INSERT INTO payment_events (event_id, type, user_id, payload, payload_hash,"
-            " status, recovery_point, progress, queue) VALUES (:e, 'charge_requested', :u,"
-            " '{}', 'x', 'succeeded', 'charge_creating', '{}', 'q')"), {"e": ids("old"), "u": user})
-        conn.execute(text(
-            "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id, status,"
-            " created_at) VALUES (:e, :u, 100, 'usd', :c, 'succeeded',"
-            " now() - interval '61 minutes')"), {"e": ids("old"), "u": user, "c": declining})
+        conn.execute(
+            text(
+                "INSERT INTO payment_events (event_id, type, user_id, payload, payload_hash,"
+                " status, recovery_point, progress, queue) VALUES (:e, 'charge_requested', :u,"
+                " '{}', 'x', 'succeeded', 'charge_creating', '{}', 'q')"
+            ),
+            {"e": ids("old"), "u": user},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id, status,"
+                " created_at) VALUES (:e, :u, 100, 'usd', :c, 'succeeded',"
+                " now() - interval '61 minutes')"
+            ),
+            {"e": ids("old"), "u": user, "c": declining},
+        )
 
     # When the user's next charge is requested (on a card that now pays)
     ok = charge(ids, 2)
@@ -149,8 +179,12 @@ def test_failed_charges_and_charges_older_than_an_hour_do_not_count(
 
 
 def test_two_concurrent_charges_at_the_limit_cannot_both_pass(
-    ids: Callable[[str], str], res: Resources, engine: Engine, gateway: FakeGateway,
-    rows: Rows, payer: str,
+    ids: Callable[[str], str],
+    res: Resources,
+    engine: Engine,
+    gateway: FakeGateway,
+    rows: Rows,
+    payer: str,
 ) -> None:
     # Given a limit of 2 and a user with one charge: room for exactly one more
     deliveries = limited(res, user_charge_limit=2)
@@ -164,8 +198,9 @@ def test_two_concurrent_charges_at_the_limit_cannot_both_pass(
         holder.begin()
         users.lock_user(holder, payer)
         threads = [
-            threading.Thread(target=lambda m=m: outcomes.__setitem__(m.event_id,
-                                                                     deliveries.deliver(m)))
+            threading.Thread(
+                target=lambda m=m: outcomes.__setitem__(m.event_id, deliveries.deliver(m))
+            )
             for m in racing
         ]
         for thread in threads:
@@ -181,8 +216,9 @@ def test_two_concurrent_charges_at_the_limit_cannot_both_pass(
     assert codes == ["None", "velocity_limit"], outcomes
     assert len(gateway.calls_to("create_charge")) == 2
     with engine.connect() as conn:
-        count = conn.execute(text("SELECT count(*) FROM charges WHERE user_id = :u"),
-                             {"u": payer}).scalar()
+        count = conn.execute(
+            text("SELECT count(*) FROM charges WHERE user_id = :u"), {"u": payer}
+        ).scalar()
     assert count == 2
 
 
@@ -190,9 +226,9 @@ def _wait_for_lock_waiters(engine: Engine, count: int, timeout: float = 10) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            waiting = conn.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            )).scalar()
+            waiting = conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar()
         if waiting == count:
             return
         time.sleep(0.02)
@@ -200,7 +236,10 @@ def _wait_for_lock_waiters(engine: Engine, count: int, timeout: float = 10) -> N
 
 
 def test_without_a_limit_no_lock_is_taken_and_nothing_is_counted(
-    ids: Callable[[str], str], deliveries: Deliveries, engine: Engine, payer: str,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    engine: Engine,
+    payer: str,
 ) -> None:
     # Given no limit configured, and the user's lock held by someone else
     with engine.connect() as holder:
@@ -215,20 +254,29 @@ def test_without_a_limit_no_lock_is_taken_and_nothing_is_counted(
 
 
 def test_a_database_errors_text_in_last_error_has_no_bound_values(
-    ids: Callable[[str], str], res: Resources, database_url: str, engine: Engine, rows: Rows,
+    ids: Callable[[str], str],
+    res: Resources,
+    database_url: str,
+    engine: Engine,
+    rows: Rows,
     payer: str,
 ) -> None:
     # Given the worker's own engine (hide_parameters) and a charge whose pending row cannot
     # be written: a row under its event_id exists already (a unique violation, whose DETAIL
     # quotes the key's value)
     deliveries = Deliveries(replace(res, engine=get_engine(database_url)))
-    msg = ChargeRequested(event_id=ids("charge-boundvalue"), user_id=payer, amount=4242,
-                          currency="usd")
+    msg = ChargeRequested(
+        event_id=ids("charge-boundvalue"), user_id=payer, amount=4242, currency="usd"
+    )
     claim = deliveries.claim(msg)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id, status)"
-            " VALUES (:e, 'someone', 1, 'usd', 'card_x', 'failed')"), {"e": msg.event_id})
+        conn.execute(
+            text(
+                "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id, status)"
+                " VALUES (:e, 'someone', 1, 'usd', 'card_x', 'failed')"
+            ),
+            {"e": msg.event_id},
+        )
 
     # When the event runs
     outcome = deliveries.run(msg, claim)
@@ -242,13 +290,20 @@ def test_a_database_errors_text_in_last_error_has_no_bound_values(
         assert value not in last_error, last_error
 
 
-@pytest.mark.parametrize(("statement", "params"), [
-    ("SELECT CAST(:v AS integer)", {"v": "SECRETVALUE"}),
-    ("SELECT CAST(:v AS jsonb)", {"v": '{"a": "SECRETVALUE \\u0000"}'}),
-    ("INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id)"
-     " VALUES ('nope', 'SECRETVALUE', -1, 'usd', 'c')", {}),
-    ("SELECT 1 / 0 WHERE :v <> ''", {"v": "SECRETVALUE"}),
-], ids=["cast", "jsonb", "check constraint", "division"])
+@pytest.mark.parametrize(
+    ("statement", "params"),
+    [
+        ("SELECT CAST(:v AS integer)", {"v": "SECRETVALUE"}),
+        ("SELECT CAST(:v AS jsonb)", {"v": '{"a": "SECRETVALUE \\u0000"}'}),
+        (
+            "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id)"
+            " VALUES ('nope', 'SECRETVALUE', -1, 'usd', 'c')",
+            {},
+        ),
+        ("SELECT 1 / 0 WHERE :v <> ''", {"v": "SECRETVALUE"}),
+    ],
+    ids=["cast", "jsonb", "check constraint", "division"],
+)
 def test_database_error_text_never_quotes_the_data(
     statement: str, params: dict[str, str], database_url: str
 ) -> None:

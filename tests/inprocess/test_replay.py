@@ -33,8 +33,14 @@ def bury(deliveries: Deliveries, gateway: FakeGateway, msg: Message, method: str
 
 
 def operator_replay(
-    engine: Engine, settings: Settings, event_id: str, *, force: bool,
-    gateway: FakeGateway | None = None, operator: str = "ops-test", reason: str | None = None,
+    engine: Engine,
+    settings: Settings,
+    event_id: str,
+    *,
+    force: bool,
+    gateway: FakeGateway | None = None,
+    operator: str = "ops-test",
+    reason: str | None = None,
 ) -> tuple[ReplayOutcome, list[Redrive]]:
     """`payworker replay [--force --reason R] [--operator O] <event_id>` without Celery:
     Stripe (`gateway`) asked first when forced, as the command does; returns what it
@@ -53,8 +59,14 @@ def operator_replay(
 
 
 def test_a_dead_charge_resumes_at_its_point_with_the_same_key(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a charge buried at charge_creating after its retry budget
     card(ids("user"), customer(ids("user")))
@@ -105,8 +117,13 @@ def test_a_dead_charge_resumes_at_its_point_with_the_same_key(
 
 
 def test_a_dead_card_event_resumes_the_attach_with_its_sealed_token(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a card_token_received buried at card_attaching, its token sealed in the ledger
     customer_id = customer(ids("user"))
@@ -134,8 +151,13 @@ def test_a_dead_card_event_resumes_the_attach_with_its_sealed_token(
 
 
 def test_a_failed_charge_is_not_replayed_without_force(
-    ids: Callable[[str], str], deliveries: Deliveries, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a declined charge
     card(ids("user"), customer(ids("user")), DECLINED_AT_CHARGE)
@@ -154,8 +176,14 @@ def test_a_failed_charge_is_not_replayed_without_force(
 
 
 def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creating(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a declined charge, and the card holder who has since sorted it out
     customer_id = customer(ids("user"))
@@ -227,8 +255,12 @@ def test_a_forced_replay_of_a_failed_charge_is_a_new_generation_at_charge_creati
 
 
 def test_a_registration_waits_for_a_dead_creator_until_its_replay_creates_the_customer(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a user_registered buried at customer_creating (whether its create reached
     # Stripe is unknown), and a second user_registered of the same user
@@ -259,8 +291,11 @@ def test_a_registration_waits_for_a_dead_creator_until_its_replay_creates_the_cu
 
 
 def declined_charge(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway,
-    customer: Callable[[str], str], card: Callable[..., str],
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
 ) -> tuple[ChargeRequested, str, str]:
     """A charge Stripe declined (failed in the ledger), its card no longer declining;
     returns the message, the customer and the card."""
@@ -273,8 +308,14 @@ def declined_charge(
 
 
 def test_a_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_event(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a declined charge, failed in the ledger, while Stripe holds a succeeded charge
     # made under the event's metadata (an outcome the ledger lost)
@@ -286,8 +327,9 @@ def test_a_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_
     failed, charge_row = rows.event(msg.event_id), rows.charge(msg.event_id)
 
     # When an operator forces a new generation
-    outcome, published = operator_replay(engine, settings, msg.event_id, force=True,
-                                         gateway=gateway)
+    outcome, published = operator_replay(
+        engine, settings, msg.event_id, force=True, gateway=gateway
+    )
 
     # Then it is refused, naming the charge, and nothing changed or was published
     assert isinstance(outcome, Refused), outcome
@@ -298,8 +340,14 @@ def test_a_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_
 
 
 def test_a_forced_replay_needs_stripe_asked_about_the_current_generation(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a declined charge
     msg, _, _ = declined_charge(ids, deliveries, gateway, customer, card)
@@ -320,8 +368,14 @@ def test_a_forced_replay_needs_stripe_asked_about_the_current_generation(
 
 
 def test_a_new_generation_resumed_after_the_key_window_finds_only_its_own_charge(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given a forced new generation of a declined charge, whose first create's outcome is
     # unknown, resumed more than a day later (Stripe forgot the key)
@@ -348,16 +402,24 @@ def test_a_new_generation_resumed_after_the_key_window_finds_only_its_own_charge
 
 
 def test_a_generation_started_before_the_pwg_form_keeps_its_keys_and_metadata(
-    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
-    customer: Callable[[str], str], card: Callable[..., str], engine: Engine, settings: Settings,
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+    card: Callable[..., str],
+    engine: Engine,
+    settings: Settings,
 ) -> None:
     # Given generation 1 of a declined charge started by an earlier release: no key form
     # in its progress, and its first create sent under the old key with an unknown outcome
     msg, _, _ = declined_charge(ids, deliveries, gateway, customer, card)
     operator_replay(engine, settings, msg.event_id, force=True, gateway=gateway)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE payment_events SET progress = progress - 'key_form'"
-                          " WHERE event_id = :e"), {"e": msg.event_id})
+        conn.execute(
+            text("UPDATE payment_events SET progress = progress - 'key_form' WHERE event_id = :e"),
+            {"e": msg.event_id},
+        )
     gateway.fail_next("create_charge", OutcomeUnknown("no answer"), after_effect=True)
     assert deliveries.redrive(msg.event_id)["status"] == "retry_scheduled"
 
