@@ -249,6 +249,24 @@ class FakeStripe:
         query = {k: v for k, v in (("payment_intent", payment_intent), ("charge", charge)) if v}
         return self._list_all("/v1/refunds", query)
 
+    def get_payment_method(self, pm_id: str) -> dict[str, Any]:
+        method: dict[str, Any] = self._stripe("GET", f"/v1/payment_methods/{_q(pm_id)}")
+        return method
+
+    def create_payment_method(self, number: str = "4242424242424242") -> str:
+        """A card PaymentMethod, as stripe.js's createPaymentMethod makes one."""
+        form = {"type": "card", "card[number]": number, "card[exp_month]": "12",
+                "card[exp_year]": "2034", "card[cvc]": "123"}  # fmt: skip
+        return str(self._stripe("POST", "/v1/payment_methods", form=form)["id"])
+
+    def confirm_setup_intent(self, si_id: str, payment_method: str) -> dict[str, Any]:
+        """The customer confirms a SetupIntent with a card, as stripe.js's
+        confirmCardSetup does; returns the SetupIntent (its `payment_method`
+        attached to the customer on success)."""
+        path = f"/v1/setup_intents/{_q(si_id)}/confirm"
+        intent: dict[str, Any] = self._stripe("POST", path, form={"payment_method": payment_method})
+        return intent
+
     def list_cards(self, customer_id: str) -> list[dict[str, Any]]:
         return self._list_all(f"/v1/customers/{_q(customer_id)}/sources", {"object": "card"})
 
