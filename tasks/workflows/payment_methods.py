@@ -118,7 +118,16 @@ def _record(run: PmRun, conn: Connection, attached: CardDetails, progress: CardP
     """Record the card; a concurrent attach of the same card that won the race sends ours
     to be detached instead."""
     recorded, progress = record_attached(run, conn, attached, CardKind.PAYMENT_METHOD, progress)
-    return Advance(Point.ATTACHED if recorded else Point.DISCARDING, progress)
+    if recorded:
+        return Advance(Point.ATTACHED, progress)
+    if users.active_with_fingerprint(conn, run.message.user_id, attached.fingerprint) == (
+        attached.card_id
+    ):
+        # Another event of this same PaymentMethod recorded it first: it is the card to
+        # keep, not a copy to detach.
+        same = {"card_id": attached.card_id, "duplicate": True, "discard_card_id": None}
+        return _known_card(run, conn, progress.model_copy(update=same))
+    return Advance(Point.DISCARDING, progress)
 
 
 # ---- pm_attaching ---------------------------------------------------------------------------

@@ -286,3 +286,36 @@ def test_pm_attached_resumes_the_default_switch_after_a_lost_response(
     assert event["status"] == "succeeded" and event["result"]["is_default"] is True
     assert gateway.customers[customer_id].default_payment_method == pm
     assert rows.default_card(msg.user_id) == pm
+
+
+def test_pm_attaching_of_a_payment_method_another_event_recorded_meanwhile_detaches_nothing(
+    ids: Callable[[str], str],
+    deliveries: Deliveries,
+    gateway: FakeGateway,
+    rows: Rows,
+    customer: Callable[[str], str],
+) -> None:
+    # Given two events of one PaymentMethod, both read while it was unattached: A attached
+    # and recorded it; B is at pm_attaching
+    user = ids("user")
+    customer_id = customer(user)
+    pm = gateway.add_payment_method(VISA)
+    a, b = pm_received(ids, pm, "pm-a"), pm_received(ids, pm, "pm-b")
+    details = dataclasses.asdict(gateway.payment_methods[pm].details)
+    claim = deliveries.claim_at(b, "pm_attaching", {"customer_id": customer_id, "card": details})
+    deliveries.deliver(a)
+    gateway.calls.clear()
+
+    # When B runs
+    deliveries.run(b, claim)
+
+    # Then Stripe refuses B's attach, the read shows the PaymentMethod is ours, and as A
+    # recorded this very PaymentMethod, B is its duplicate: nothing is detached
+    assert gateway.methods_called() == ["attach_payment_method", "retrieve_payment_method"]
+    assert gateway.payment_methods_of(customer_id) == [pm]
+    event = rows.event(b.event_id)
+    assert event["status"] == "succeeded"
+    assert (event["result"]["card_id"], event["result"]["duplicate"]) == (pm, True)
+    assert "deleted_duplicate_card_id" not in event["result"]
+    assert [c["stripe_card_id"] for c in rows.cards(user)] == [pm]
+    assert rows.default_card(user) == pm
