@@ -278,14 +278,15 @@ def test_status_shows_counts_by_type_and_status_retries_due_and_the_oldest_event
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert status["counts"][probe] == {
-        "received": 0, "processing": 1, "succeeded": 0, "failed": 1, "dead": 2}
+        "received": 0, "processing": 1, "succeeded": 0, "failed": 1, "dead": 2,
+        "action_required": 0}
     assert status["dead"] >= 2 and status["retry_due"] >= 1
     assert status["oldest_unfinished"]["event_id"] == ids[3]
     # and the table shows the same numbers, the dead count in red, and the oldest event
     assert shown.returncode == 0, shown.stderr
     plain = strip_ansi(shown.stdout)
     line = next(row for row in plain.splitlines() if probe in row)
-    assert line.split()[1:] == ["0", "1", "0", "1", "2", "4"], line
+    assert line.split()[1:] == ["0", "1", "0", "1", "2", "0", "4"], line
     assert "\x1b[1;31mdead: " in shown.stdout
     assert f"oldest unfinished: {ids[3]} ({probe}, processing, 10d00h old" in plain
     assert "retry due now: " in plain
