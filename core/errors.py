@@ -79,7 +79,8 @@ class InvalidMessage(PermanentError):
 
 
 class CardDeclined(PermanentError):
-    """Stripe declined the card; `decline_code` says why when Stripe tells."""
+    """Stripe declined the card; `decline_code` says why when Stripe tells. `charge_id` is
+    the failed charge and `payment_intent_id` its PaymentIntent, when Stripe names them."""
 
     code = "card_declined"
 
@@ -91,11 +92,13 @@ class CardDeclined(PermanentError):
         failure_code: str | None,
         charge_id: str | None = None,
         request_id: str | None = None,
+        payment_intent_id: str | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.decline_code = decline_code
         self.failure_code = failure_code
         self.charge_id = charge_id
+        self.payment_intent_id = payment_intent_id
 
 
 class StripeInvalidRequest(PermanentError):

@@ -65,18 +65,25 @@ _OUTCOME = (
         failure_code=bindparam("failure_code"),
         decline_code=bindparam("decline_code"),
         failure_message=bindparam("failure_message"),
+        # Once known, a PaymentIntent id stays: an outcome without one keeps it.
+        payment_intent_id=func.coalesce(
+            bindparam("payment_intent_id"), CHARGES.c.payment_intent_id
+        ),
     )
 )
 
 
 # A user's charges that count against PAYWORKER_USER_CHARGE_LIMIT: created within the
-# window and not failed. `now()` is the transaction's start, as in the rows' created_at.
+# window and not failed (pending, waiting for the customer's authentication, succeeded).
+# `now()` is the transaction's start, as in the rows' created_at.
 _RECENT = (
     select(func.count())
     .select_from(CHARGES)
     .where(
         CHARGES.c.user_id == bindparam("user_id"),
-        CHARGES.c.status.in_([ChargeStatus.PENDING, ChargeStatus.SUCCEEDED]),
+        CHARGES.c.status.in_(
+            [ChargeStatus.PENDING, ChargeStatus.REQUIRES_ACTION, ChargeStatus.SUCCEEDED]
+        ),
         CHARGES.c.created_at > func.now() - bindparam("window", type_=Interval()),
     )
 )
@@ -102,6 +109,7 @@ class ChargeRow:
     failure_code: str | None
     decline_code: str | None
     failure_message: str | None
+    payment_intent_id: str | None
 
 
 def source(conn: Connection, user_id: str, card_id: str | None) -> Source | None:
@@ -115,7 +123,8 @@ def source(conn: Connection, user_id: str, card_id: str | None) -> Source | None
 
 
 def recent_count(conn: Connection, user_id: str, window_seconds: int) -> int:
-    """The user's pending and succeeded charges created in the last `window_seconds`. Take
+    """The user's pending, requires_action and succeeded charges created in the last
+    `window_seconds`. Take
     the user's lock first (db/users.py lock_user) when the count decides a new charge: two
     concurrent charges then count one after the other, each seeing the other's row."""
     params = {"user_id": user_id, "window": timedelta(seconds=window_seconds)}
@@ -137,9 +146,11 @@ def add_pending(
 
 
 def record_outcome(conn: Connection, event_id: str, status: ChargeStatus, **fields: Any) -> int:
-    """Write an outcome to the event's charges row; returns the rows written (0: none yet)."""
+    """Write an outcome to the event's charges row; returns the rows written (0: none yet).
+    `payment_intent_id` None keeps the one recorded."""
     params = {
         "charge_id": None,
+        "payment_intent_id": None,
         "failure_code": None,
         "decline_code": None,
         "failure_message": None,
@@ -156,7 +167,7 @@ def locked(conn: Connection, event_id: str) -> ChargeRow | None:
         select(
             CHARGES.c.event_id, CHARGES.c.user_id, CHARGES.c.stripe_card_id, CHARGES.c.status,
             CHARGES.c.stripe_charge_id, CHARGES.c.failure_code, CHARGES.c.decline_code,
-            CHARGES.c.failure_message,
+            CHARGES.c.failure_message, CHARGES.c.payment_intent_id,
         )
         .where(CHARGES.c.event_id == event_id)
         .with_for_update()
@@ -165,7 +176,8 @@ def locked(conn: Connection, event_id: str) -> ChargeRow | None:
 
 
 def reset_to_pending(conn: Connection, event_id: str) -> None:
-    """A new generation of a failed charge: its row goes back to pending, outcome cleared."""
+    """A new generation of a failed (or canceled) charge: its row goes back to pending,
+    outcome and PaymentIntent cleared (the new generation makes its own)."""
     conn.execute(
         update(CHARGES)
         .where(CHARGES.c.event_id == event_id)
@@ -175,5 +187,6 @@ def reset_to_pending(conn: Connection, event_id: str) -> None:
             failure_code=None,
             decline_code=None,
             failure_message=None,
+            payment_intent_id=None,
         )
     )

@@ -27,6 +27,7 @@ from db.replays import EventRow
 from tasks.gateway import StripeGateway
 from tasks.idempotency import idempotency_key
 from tasks.messages import GENERATION_METADATA_KEY, Message
+from tasks.telemetry import Telemetry
 
 
 class Progress(BaseModel):
@@ -232,6 +233,9 @@ class Workflow(Generic[M, P]):
     # Asked before a new generation, outside any transaction: does Stripe already hold what
     # the new generation would make a second time (a succeeded charge)? A refusal, or None.
     check_stripe: Callable[[StripeGateway, Engine, EventRow], str | None] | None = None
+    # The workflow's own metrics of a step that ends a run (final, waiting or watched),
+    # told once the step is written.
+    count_outcome: Callable[[Telemetry, Run[M, P], Step], None] | None = None
 
     def progress_of(self, claim: Claim) -> P:
         return self.progress.model_validate(claim.progress)

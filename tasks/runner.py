@@ -120,6 +120,8 @@ def _settled(
     res: Resources, workflow: Workflow[Any, Any], run: Run[Any, Any], step: Step, log: EventLog
 ) -> Outcome:
     event_id = run.claim.event_id
+    if workflow.count_outcome is not None:
+        workflow.count_outcome(res.telemetry, run, step)
     if isinstance(step, Wait):
         log.info("waiting", until=step.until.isoformat(), reason=step.reason)
         return {"event_id": event_id, "status": "waiting"}

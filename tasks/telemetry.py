@@ -26,6 +26,10 @@ class Telemetry(Protocol):
     def message_refused(self, task: str, reason: str) -> None:
         """A message of `task` was refused as not authenticated, for `reason`."""
 
+    def charge_outcome(self, api: str, outcome: str) -> None:
+        """A charge through `api` (payment_intents | charges) ended `outcome` (succeeded,
+        failed, canceled) or began to wait for its customer (action_required)."""
+
 
 class NoTelemetry:
     """Counts nothing."""
@@ -45,4 +49,7 @@ class NoTelemetry:
         pass
 
     def message_refused(self, task: str, reason: str) -> None:
+        pass
+
+    def charge_outcome(self, api: str, outcome: str) -> None:
         pass

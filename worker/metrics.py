@@ -68,6 +68,13 @@ MESSAGES_REFUSED = Counter(
     ["task", "reason"],
 )
 
+CHARGE_OUTCOMES = Counter(
+    "payworker_charge_outcomes_total",
+    "Charges by API (payment_intents, charges) and outcome: succeeded, failed, canceled"
+    " (the PaymentIntent), action_required (began to wait for the customer's 3-D Secure).",
+    ["api", "outcome"],
+)
+
 
 class PrometheusTelemetry:
     """The task layer's metrics sink (tasks/telemetry.py), as Prometheus counters."""
@@ -91,6 +98,9 @@ class PrometheusTelemetry:
 
     def message_refused(self, task: str, reason: str) -> None:
         MESSAGES_REFUSED.labels(task, reason).inc()
+
+    def charge_outcome(self, api: str, outcome: str) -> None:
+        CHARGE_OUTCOMES.labels(api, outcome).inc()
 
 
 class LedgerCollector(Collector):

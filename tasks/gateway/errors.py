@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import stripe
 
@@ -57,6 +58,7 @@ def translate(exc: stripe.StripeError) -> PayworkerError:
             failure_code=exc.code,
             charge_id=getattr(error, "charge", None) if error else None,
             request_id=request_id,
+            payment_intent_id=_intent_id(error),
         )
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return ConfigurationFault(
@@ -79,6 +81,15 @@ def translate(exc: stripe.StripeError) -> PayworkerError:
             return StripeNotFound(message, request_id=request_id)
         return StripeInvalidRequest(message, request_id=request_id)
     return OutcomeUnknown(f"unexpected Stripe error: {message}", request_id=request_id)
+
+
+def _intent_id(error: Any) -> str | None:
+    """The id of the PaymentIntent a card error carries (a declined confirmation)."""
+    intent = getattr(error, "payment_intent", None) if error is not None else None
+    if intent is None or isinstance(intent, str):
+        return intent
+    found = getattr(intent, "id", None)
+    return str(found) if found is not None else None
 
 
 def _should_retry(exc: stripe.StripeError) -> bool:

@@ -40,6 +40,7 @@ class RecordingTelemetry:
         self.redrives: list[tuple[str, int]] = []
         self.stripe_requests: list[tuple[str, str, int | None]] = []
         self.refused: list[tuple[str, str]] = []
+        self.charge_outcomes: list[tuple[str, str]] = []
 
     def event_finished(self, message_type: str, status: str, age_seconds: float) -> None:
         self.finished.append((message_type, status))
@@ -57,6 +58,9 @@ class RecordingTelemetry:
 
     def message_refused(self, task: str, reason: str) -> None:
         self.refused.append((task, reason))
+
+    def charge_outcome(self, api: str, outcome: str) -> None:
+        self.charge_outcomes.append((api, outcome))
 
 
 def new_event(res: Resources, message: Message) -> NewEvent:
