@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from core.errors import OutcomeUnknown
+from core.settings import Settings
 from tasks.messages import ChargeRequested
 from tests.inprocess._support import Deliveries, RecordingTelemetry, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, VISA, FakeGateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests pin the Charges API (PAYWORKER_CHARGE_API=charges): the PaymentIntents
+    path has its own (test_payment_intents.py)."""
+    return settings.model_copy(update={"charge_api": "charges"})
 
 
 def charge_requested(

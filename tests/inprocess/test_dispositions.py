@@ -16,6 +16,7 @@ from core.errors import (
     RateLimitedLocally,
     TransientError,
 )
+from core.settings import Settings
 from db.ledger import now
 from tasks.messages import CardTokenReceived, ChargeRequested, UserRegistered
 from tests.inprocess._support import (
@@ -30,6 +31,13 @@ from tests.inprocess._support import (
     assert_scheduled,
 )
 from tests.inprocess.fake_gateway import VISA, FakeGateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests pin the Charges API (PAYWORKER_CHARGE_API=charges): the PaymentIntents
+    path has its own (test_payment_intents.py)."""
+    return settings.model_copy(update={"charge_api": "charges"})
 
 
 def charge_requested(ids: Callable[[str], str]) -> ChargeRequested:

@@ -15,12 +15,20 @@ import pytest
 from sqlalchemy import Engine, text
 
 from core.errors import database_error_text, translate
+from core.settings import Settings
 from db import users
 from db.session import get_engine
 from tasks.messages import ChargeRequested
 from tasks.resources import Resources
 from tests.inprocess._support import Deliveries, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, FakeGateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests pin the Charges API (PAYWORKER_CHARGE_API=charges): the PaymentIntents
+    path has its own (test_payment_intents.py)."""
+    return settings.model_copy(update={"charge_api": "charges"})
 
 
 def limited(res: Resources, **settings: Any) -> Deliveries:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import cast
 
+import pytest
 from sqlalchemy import Engine, text
 
 from core.errors import OutcomeUnknown
@@ -19,6 +20,13 @@ from tasks.replay import Checked, Refused, Replayed, ReplayOutcome, ask_stripe, 
 from tasks.sweeper import Redrive
 from tests.inprocess._support import MAX_ATTEMPTS, Deliveries, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, VISA, FakeGateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests pin the Charges API (PAYWORKER_CHARGE_API=charges): the PaymentIntents
+    path has its own (test_payment_intents.py)."""
+    return settings.model_copy(update={"charge_api": "charges"})
 
 
 def charge_requested(ids: Callable[[str], str]) -> ChargeRequested:
