@@ -198,7 +198,7 @@ def test_the_sweep_and_payworker_replay_publish_signed_redrives(
     assert rows[tok]["status"] == "succeeded" and rows[tok]["attempts"] >= 2, rows[tok]
 
     # Given a charge that dies of Stripe 500s (its retries are re-drives too)
-    stripe_fake.inject(method="POST", path="^/v1/charges$", status=500, name="charges-down")
+    stripe_fake.inject(method="POST", path="^/v1/payment_intents$", status=500, name="charges-down")
     chg = ids("chg")
     charge = {"event_id": chg, "user_id": user, "amount": 1500, "currency": "usd"}
     try:

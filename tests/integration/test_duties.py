@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from stripe_fake import FakeStripe
 from tests.conftest import ROOT, WorkerProcess, duty_row, event_rows, leader_pid
 
-CHARGES = "^/v1/charges$"
+CHARGES = "^/v1/payment_intents$"
 ATTACH = "^/v1/customers/[^/]+/sources$"
 PAYWORKER = os.path.join(os.path.dirname(sys.executable), "payworker")
 

@@ -302,7 +302,7 @@ def test_upper_case_currency_is_accepted_and_stored_lower_case(
     stored = _charge_row(engine, row["event_id"])
     assert stored is not None and stored["currency"] == "eur"
     posts = _stripe_posts(stripe_fake, row["event_id"])
-    assert [p["path"] for p in posts] == ["/v1/charges"]
+    assert [p["path"] for p in posts] == ["/v1/payment_intents"]
 
 
 # ---- prerequisites ---------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_card_declined_records_decline_code_and_is_not_retried(
     assert row["status"] == "failed" and row["error_code"] == "card_declined", row
     assert row["attempts"] == 1, row
     posts = _stripe_posts(stripe_fake, event_id)
-    assert [p["path"] for p in posts] == ["/v1/charges"], posts
+    assert [p["path"] for p in posts] == ["/v1/payment_intents"], posts
     assert posts[0]["status"] == 402
     # ... and the result and the charges row agree on the decline
     assert "decline_code" in row["result"], row["result"]

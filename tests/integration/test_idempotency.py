@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 from stripe_fake import FakeStripe
 
-CHARGES = "^/v1/charges$"
+CHARGES = "^/v1/payment_intents$"
 CUSTOMERS = "^/v1/customers$"
 
 
@@ -99,7 +99,7 @@ def test_sequential_redeliveries_charge_once_and_keep_the_first_outcome(
                      f"task_id={task_id}")
 
     # Then Stripe saw one charge request and holds one charge,
-    assert len(posts_with_key(stripe_fake, "/v1/charges", f"pw:{chg}:charge")) == 1
+    assert len(posts_with_key(stripe_fake, "/v1/payment_intents", f"pw:{chg}:payment_intent")) == 1
     stripe_charges = stripe_fake.list_charges(customer)
     assert [c["metadata"]["event_id"] for c in stripe_charges] == [chg]
     # and the ledger row and the charges row are exactly as the first delivery left them
@@ -131,7 +131,7 @@ def test_concurrent_redeliveries_charge_once(
                      f"task_id={task_id}")
     assert log_lines(worker, "in progress elsewhere", f"event_id={chg}")
     # and Stripe received a single request and holds a single charge
-    assert len(posts_with_key(stripe_fake, "/v1/charges", f"pw:{chg}:charge")) == 1
+    assert len(posts_with_key(stripe_fake, "/v1/payment_intents", f"pw:{chg}:payment_intent")) == 1
     stripe_charges = stripe_fake.list_charges(customer)
     assert len(stripe_charges) == 1 and stripe_charges[0]["status"] == "succeeded"
     assert charge_row(engine, chg)["stripe_charge_id"] == stripe_charges[0]["id"]
@@ -156,7 +156,7 @@ def test_redelivery_after_a_decline_keeps_the_failure_without_calling_stripe(
     # Then the failure stands as it was, and Stripe was not asked a second time
     assert event_row(engine, chg) == first
     assert charge_row(engine, chg) == first_charge
-    assert len(posts_with_key(stripe_fake, "/v1/charges", f"pw:{chg}:charge")) == 1
+    assert len(posts_with_key(stripe_fake, "/v1/payment_intents", f"pw:{chg}:payment_intent")) == 1
 
 
 # ---- same event_id, different payload ------------------------------------------------
@@ -234,7 +234,7 @@ def test_same_event_id_for_another_message_type_is_rejected(
     # Then it is rejected as a conflict; the registration stands and nothing is charged
     wait_for_log(worker, f"[{task_id}] raised expected: IdempotencyConflict")
     assert event_row(engine, reg) == first
-    assert posts_with_key(stripe_fake, "/v1/charges", f"pw:{reg}:charge") == []
+    assert posts_with_key(stripe_fake, "/v1/payment_intents", f"pw:{reg}:payment_intent") == []
     assert stripe_fake.list_charges(customer) == []
     with engine.connect() as conn:
         assert conn.execute(

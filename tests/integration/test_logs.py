@@ -28,7 +28,7 @@ def test_batch_with_faults_logs_json_with_bound_fields_and_no_secrets(
     publish, wait_for, stripe_fake, ids, json_worker
 ):
     # Given Stripe failing a third of the requests in several ways
-    stripe_fake.inject(method="POST", path="^/v1/charges$", status=500, when="after",
+    stripe_fake.inject(method="POST", path="^/v1/payment_intents$", status=500, when="after",
                        probability=0.3)
     stripe_fake.inject(method="POST", path="^/v1/customers$", status=429, probability=0.3)
     stripe_fake.inject(path="^/v1/tokens/", status=503, probability=0.3)

@@ -53,7 +53,7 @@ def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(
     publish("card_token_received", queue=q, event_id=tok, user_id=user,
             token=stripe_fake.create_card_token())
     wait_for(reg, tok)
-    stripe_fake.inject(method="POST", path="^/v1/charges$", status=500, times=1)
+    stripe_fake.inject(method="POST", path="^/v1/payment_intents$", status=500, times=1)
     publish("charge_requested", queue=q, event_id=chg, user_id=user, amount=500, currency="usd")
     publish("charge_requested", queue=q, event_id=small, user_id=user, amount=5, currency="usd")
     wait_for(chg, small)
@@ -90,9 +90,9 @@ def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(
     assert sample(body, "payworker_ledger_events", type="charge_requested",
                   status="succeeded") >= 1
     assert sample(body, "payworker_stripe_requests_total", method="POST",
-                  endpoint="/v1/charges", outcome="500") >= 1
+                  endpoint="/v1/payment_intents", outcome="500") >= 1
     assert sample(body, "payworker_stripe_requests_total", method="POST",
-                  endpoint="/v1/charges", outcome="200") >= 1
+                  endpoint="/v1/payment_intents", outcome="200") >= 1
     assert sample(body, "payworker_stripe_request_seconds_count", method="GET") >= 1
     assert re.search(r"^payworker_oldest_unfinished_event_age_seconds \S+$", body, re.M)
     assert re.search(r"^payworker_retries_due \S+$", body, re.M)

@@ -45,7 +45,7 @@ def sender(upstream: Any, queue: str) -> Any:
 
 
 def charge_posts(stripe_fake: Any, after_seq: int) -> list[dict[str, Any]]:
-    return [r for r in stripe_fake.requests(method="POST", path="/v1/charges")
+    return [r for r in stripe_fake.requests(method="POST", path="/v1/payment_intents")
             if r["seq"] > after_seq]
 
 
@@ -61,7 +61,7 @@ def test_dead_charge_is_found_shown_and_replayed_with_the_same_key(
     send = sender(upstream, worker.queue)
     user, customer = registered_user_with_card(send, wait_for, stripe_fake, ids)
     # and Stripe answering every charge with a 500
-    stripe_fake.inject(method="POST", path="^/v1/charges$", status=500, name="charges-down")
+    stripe_fake.inject(method="POST", path="^/v1/payment_intents$", status=500, name="charges-down")
     chg = ids("chg")
     before = last_seq(stripe_fake)
     try:
@@ -104,7 +104,7 @@ def test_dead_charge_is_found_shown_and_replayed_with_the_same_key(
     assert row["generation"] == 0 and row["transient_failures"] == 0
     # with exactly one charge on Stripe, and every POST of the event under one key
     posts = charge_posts(stripe_fake, before)
-    assert posts and {p["idempotency_key"] for p in posts} == {f"pw:{chg}:charge"}
+    assert posts and {p["idempotency_key"] for p in posts} == {f"pw:{chg}:payment_intent"}
     assert [p["status"] for p in posts].count(200) == 1
     charges = stripe_fake.list_charges(customer)
     assert [c["id"] for c in charges] == [row["result"]["charge_id"]]
@@ -163,7 +163,7 @@ def test_forced_replay_of_a_declined_charge_is_a_new_generation_with_new_keys(
     assert "generation 1" in forced.stdout and "NEW idempotency keys" in forced.stdout
     assert f"pwg:1:{chg}:" in forced.stdout and "Stripe acts again" in forced.stdout
     # and Stripe was asked first for a succeeded charge of the event (there was none)
-    lookups = [r for r in stripe_fake.requests(method="GET", path="/v1/charges")
+    lookups = [r for r in stripe_fake.requests(method="GET", path="/v1/payment_intents")
                if r["seq"] > before]
     assert lookups, "Stripe was not asked before the new generation"
     # and the new generation charged the same card again, under the new key only, its
@@ -172,7 +172,7 @@ def test_forced_replay_of_a_declined_charge_is_a_new_generation_with_new_keys(
     assert row["generation"] == 1
     assert row["status"] == "failed" and row["error_code"] == "card_declined", row
     posts = charge_posts(stripe_fake, before)
-    assert [p["idempotency_key"] for p in posts] == [f"pwg:1:{chg}:charge"]
+    assert [p["idempotency_key"] for p in posts] == [f"pwg:1:{chg}:payment_intent"]
     on_stripe = {c["id"]: c for c in stripe_fake.list_charges(customer)}
     assert len(on_stripe) == 2
     assert on_stripe[row["result"]["charge_id"]]["metadata"]["generation"] == "1"
@@ -233,9 +233,9 @@ def test_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_ev
     token = gateway.attach_card(f"test:{chg}:attach", customer_id=customer,
                                 token=stripe_fake.create_card_token(VISA), metadata={})
     assert token.card_id is not None
-    paid = gateway.create_charge(f"test:{chg}:charge", customer_id=customer,
-                                 card_id=token.card_id, amount=2500, currency="eur",
-                                 description=None, metadata={"event_id": chg, "user_id": user})
+    paid = gateway.create_payment_intent(
+        f"test:{chg}:payment_intent", customer_id=customer, payment_method=token.card_id,
+        amount=2500, currency="eur", description=None, metadata={"event_id": chg, "user_id": user})
     assert paid.status == "succeeded"
     before = last_seq(stripe_fake)
 
@@ -244,8 +244,8 @@ def test_forced_replay_is_refused_when_stripe_holds_a_succeeded_charge_of_the_ev
                    "--operator", "bob", chg)
     # Then it is refused, naming the charge, and nothing was charged or changed
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"refused {chg}: Stripe holds a succeeded charge of this event" in done.stdout
-    assert paid.charge_id in done.stdout
+    assert f"refused {chg}: Stripe holds a succeeded PaymentIntent of this event" in done.stdout
+    assert paid.intent_id in done.stdout
     assert charge_posts(stripe_fake, before) == []
     assert event_rows(engine, [chg])[chg] == failed
 

@@ -82,14 +82,15 @@ def test_lost_charge_is_adopted_not_repeated(
     publish("card_token_received", queue=q, event_id=tok, user_id=user,
             token=stripe_fake.create_card_token(VISA))
     customer = wait_for(reg, tok)[reg]["result"]["customer_id"]
-    stripe_fake.inject(method="POST", path="^/v1/charges$", status=500, when="after", times=1)
+    stripe_fake.inject(method="POST", path="^/v1/payment_intents$", status=500, when="after",
+                       times=1)
     # When the charge is retried after the key window
     publish("charge_requested", queue=q, event_id=chg, user_id=user, amount=1234,
             currency="usd")
     row = wait_for(chg)[chg]
     # Then the charge was found by its metadata and adopted: one POST, one Stripe charge
     assert row["status"] == "succeeded", row
-    assert len(posts(stripe_fake, "/v1/charges", f"pw:{chg}:charge")) == 1
-    assert stripe_fake.count(method="GET", path="/v1/charges") >= 1
+    assert len(posts(stripe_fake, "/v1/payment_intents", f"pw:{chg}:payment_intent")) == 1
+    assert stripe_fake.count(method="GET", path="/v1/payment_intents") >= 1
     charges = stripe_fake.list_charges(customer)
     assert [c["id"] for c in charges] == [row["result"]["charge_id"]]

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from stripe_fake import FakeStripe
 
-CHARGES = "^/v1/charges$"
+CHARGES = "^/v1/payment_intents$"
 VISA = "4242424242424242"
 # Attaches fine, then every charge on it is declined (localstripe).
 DECLINED_AT_CHARGE = "4000000000000341"
@@ -50,9 +50,9 @@ def charge_row(engine: Engine, event_id: str) -> dict[str, Any]:
 
 
 def charge_posts(stripe_fake: FakeStripe, event_id: str) -> list[dict[str, Any]]:
-    """The worker's POST /v1/charges requests for one event, in order."""
-    key = f"pw:{event_id}:charge"
-    return [r for r in stripe_fake.requests(method="POST", path="/v1/charges")
+    """The worker's POST /v1/payment_intents requests for one event, in order."""
+    key = f"pw:{event_id}:payment_intent"
+    return [r for r in stripe_fake.requests(method="POST", path="/v1/payment_intents")
             if r["idempotency_key"] == key]
 
 
