@@ -1,4 +1,5 @@
-"""A fast Stripe stub for the benchmark: canned JSON for `POST /v1/charges`, a configurable
+"""A fast Stripe stub for the benchmark: canned JSON for `POST /v1/charges` and
+`POST /v1/payment_intents` (succeeded at once: PAYWORKER_CHARGE_API picks which), a configurable
 latency, and a log of arrival times to count requests per second.
 
 Run: ``python -m bench.stub --port 12199 --latency 0.3`` (127.0.0.1 only).
@@ -30,7 +31,8 @@ class Stub:
         self.arrivals: list[float] = []  # wall clock, in arrival order
         self.statuses: dict[int, int] = {}
 
-    async def charge(self, request: web.Request) -> web.Response:
+    async def _arrive(self, request: web.Request) -> tuple[Any, dict[str, str]]:
+        """Note the arrival, wait the latency; the form and its metadata."""
         self.arrivals.append(time.time())
         form = await request.post()
         if self.latency:
@@ -40,6 +42,39 @@ class Stub:
             for key, value in form.items()
             if key.startswith("metadata[")
         }
+        return form, metadata
+
+    def _answer(self, body: dict[str, Any]) -> web.Response:
+        self.statuses[200] = self.statuses.get(200, 0) + 1
+        return web.json_response(body, headers={"Request-Id": f"req_{len(self.arrivals)}"})
+
+    async def payment_intent(self, request: web.Request) -> web.Response:
+        """A PaymentIntent created, confirmed and succeeded in one call (off-session, no
+        3-D Secure), with its charge as `latest_charge`, as API version 2026-10-28 shows it."""
+        form, metadata = await self._arrive(request)
+        n = next(_ids)
+        intent_id = f"pi_bench{n:012d}"
+        body = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": int(str(form.get("amount", "0"))),
+            "amount_received": int(str(form.get("amount", "0"))),
+            "currency": form.get("currency", "usd"),
+            "customer": form.get("customer"),
+            "payment_method": form.get("payment_method"),
+            "client_secret": f"{intent_id}_secret_bench",
+            "created": int(time.time()),
+            "status": "succeeded",
+            "latest_charge": f"ch_bench{n:012d}",
+            "last_payment_error": None,
+            "next_action": None,
+            "metadata": metadata,
+            "livemode": False,
+        }
+        return self._answer(body)
+
+    async def charge(self, request: web.Request) -> web.Response:
+        form, metadata = await self._arrive(request)
         body = {
             "id": f"ch_bench{next(_ids):012d}",
             "object": "charge",
@@ -55,8 +90,7 @@ class Stub:
             "metadata": metadata,
             "livemode": False,
         }
-        self.statuses[200] = self.statuses.get(200, 0) + 1
-        return web.json_response(body, headers={"Request-Id": f"req_{len(self.arrivals)}"})
+        return self._answer(body)
 
     async def stats(self, request: web.Request) -> web.Response:
         since = float(request.query.get("since", "0"))
@@ -123,6 +157,7 @@ def make_app(latency: float) -> web.Application:
     stub = Stub(latency)
     app = web.Application()
     app.router.add_post("/v1/charges", stub.charge)
+    app.router.add_post("/v1/payment_intents", stub.payment_intent)
     app.router.add_get("/_stub/stats", stub.stats)
     app.router.add_get("/_stub/arrivals", stub.arrivals_between)
     app.router.add_post("/_stub/latency", stub.set_latency)
