@@ -197,7 +197,7 @@ def test_conflicting_payload_while_first_in_flight_is_rejected(
     stripe_fake.inject(method="POST", path=CHARGES, delay=1.5, when="before", times=1)
     publish("charge_requested", event_id=chg, user_id=user, amount=1500, currency="usd")
     deadline = time.monotonic() + 15
-    while event_row_or_none(engine, chg).get("recovery_point") != "charge_creating":
+    while event_row_or_none(engine, chg).get("recovery_point") != "intent_creating":
         assert time.monotonic() < deadline, "the first delivery never reached Stripe"
         time.sleep(0.05)
 

@@ -87,6 +87,11 @@ def test_metrics_endpoint_serves_worker_counters_and_ledger_gauges(
     assert sample(body, "payworker_retries_total", type="charge_requested",
                   reason="stripe_outcome_unknown") >= 1
     assert sample(body, "payworker_event_outcome_seconds_count", type="charge_requested") >= 2
+    # and the charge outcomes by API: one PaymentIntent paid, one charge refused before it
+    assert sample(body, "payworker_charge_outcomes_total", api="payment_intents",
+                  outcome="succeeded") == 1
+    assert sample(body, "payworker_charge_outcomes_total", api="payment_intents",
+                  outcome="failed") == 1
     assert sample(body, "payworker_ledger_events", type="charge_requested",
                   status="succeeded") >= 1
     assert sample(body, "payworker_stripe_requests_total", method="POST",

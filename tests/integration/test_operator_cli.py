@@ -89,7 +89,7 @@ def test_dead_charge_is_found_shown_and_replayed_with_the_same_key(
     shown = run_cli(worker.env, "events", "show", chg)
     assert shown.returncode == 0, shown.stderr
     event = json.loads(shown.stdout)
-    assert event["recovery_point"] == "charge_creating"
+    assert event["recovery_point"] == "intent_creating"
     assert "gave up after 2 transient failures" in event["error_message"]
     assert "500" in event["last_error"] or "charges-down" in event["last_error"]
 
