@@ -131,8 +131,9 @@ def modern_plan(customer: bool) -> list[Phase]:
     """User 0 on the modern path: PaymentMethods, a charge that needs 3-D Secure, refunds.
     Without a `customer` to play (a real Stripe key) that charge stays action_required."""
     charge, pm, refund = "charge_requested", "payment_method_received", "refund_requested"
-    secure_charge = ("authenticated once the customer came back" if customer
-                     else "waits for its customer")  # fmt: skip
+    secure_charge = ("the customer comes back on-session and authenticates the 3-D Secure charge"
+                     if customer else "the 3-D Secure charge waits: no customer to play with a"
+                     " real Stripe key")  # fmt: skip
     return [
         Phase("user 0 adds PaymentMethods: a new card, the Visa it holds as a token (a"
               " duplicate), and a card that needs 3-D Secure", [
@@ -146,8 +147,7 @@ def modern_plan(customer: bool) -> list[Phase]:
             (charge, "charge-secure", 0, OK if customer else ACTION,
              {"amount": 7500, "currency": "eur", "card_id": CardOf("pm0-secure")}),
         ], "action"),
-        Phase(f"the 3-D Secure charge is {secure_charge}; part of the PaymentMethod charge"
-              " is refunded", [
+        Phase(f"{secure_charge}; part of the PaymentMethod charge is refunded", [
             (refund, "refund-part", 0, OK,
              {"charge_event_id": EventOf("charge-pm"), "amount": PARTIAL_REFUND,
               "reason": "requested_by_customer"}),

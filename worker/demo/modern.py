@@ -37,19 +37,17 @@ def _card_checks(b: Batch, cards: list[dict[str, Any]], fake: FakeStripe | None)
     pm, secure = b.card_id("pm0") or "", b.card_id("pm0-secure") or ""
     kind = {card["stripe_card_id"]: card["kind"] for card in cards}
     duplicate = b.event("pm0-visa").get("result") or {}
-    attached = "nothing attached"
+    attached, nothing_attached = "", True  # real Stripe: the dashboard shows the customer
     if fake is not None:
         customer = _customer_id(b, "user0")
         on_stripe = {p["id"] for p in fake.list_payment_methods(customer) if p["id"][:3] == "pm_"}
-        attached = f"Stripe holds {len(on_stripe)} PaymentMethods of the user's"
+        attached = f"; the customer has {len(on_stripe)} PaymentMethods on Stripe, the 2 others"
         nothing_attached = on_stripe == {pm, secure}
-    else:
-        nothing_attached = True  # real Stripe: the dashboard shows the customer's cards
     return [
-        (f"user 0's PaymentMethods are cards of kind payment_method ({kind.get(pm)})",
+        ("user 0's 2 new PaymentMethods are recorded as cards of kind payment_method",
          pm.startswith("pm_") and {kind.get(pm), kind.get(secure)} == {"payment_method"}),
-        ("user 0's PaymentMethod of the Visa it holds as a token: result.duplicate, the"
-         f" token card's id, {attached}",
+        ("user 0's PaymentMethod of the Visa it holds as a token: result.duplicate with the"
+         f" token card's id{attached}",
          duplicate.get("duplicate") is True and duplicate.get("card_id") == b.card_id("card0")
          and nothing_attached),
     ]  # fmt: skip
