@@ -1,5 +1,6 @@
-"""The demo's report: three tables read from Postgres, and the checks whose outcome is the
-exit code (every event as expected; against the fake, Stripe agreeing with Postgres)."""
+"""The demo's report: four tables read from Postgres, and the checks whose outcome is the
+exit code (every event as expected; against the fake, Stripe agreeing with Postgres; the
+modern path's checks are in modern.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from db.models import EventStatus
 from tasks.money import format_amount
 from worker.demo.batch import Batch, fetch_rows
+from worker.demo.modern import Check, modern_checks
 
 if TYPE_CHECKING:
     from stripe_fake import FakeStripe
@@ -30,47 +32,68 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str]]) ->
 
 
 CHARGES_SQL = """
-    SELECT e.event_id, e.user_id, e.status, e.payload, c.amount, c.currency,
+    SELECT e.event_id, e.user_id, e.status, e.payload, c.amount, c.currency, c.amount_refunded,
            c.status AS charge, coalesce(c.decline_code, c.failure_code, e.error_code) AS code
     FROM payment_events e LEFT JOIN charges c USING (event_id)
     WHERE e.type = 'charge_requested' AND e.event_id LIKE :like ORDER BY e.created_at"""
+REFUNDS_SQL = """
+    SELECT e.event_id, e.status, e.payload, e.error_code, r.amount, r.status AS refund,
+           e.payload->>'charge_event_id' AS charge_event_id, c.currency
+    FROM payment_events e LEFT JOIN refunds r USING (event_id)
+         LEFT JOIN charges c ON c.event_id = e.payload->>'charge_event_id'
+    WHERE e.type = 'refund_requested' AND e.event_id LIKE :like ORDER BY e.created_at"""
+
+
+def _money(amount: Any, currency: str) -> str:
+    # Minor units become a decimal with integer arithmetic (1000 JPY stays 1000, 1999 USD is 19.99).
+    shown = format_amount(amount, currency) if type(amount) is int else f"{amount!r} {currency}"
+    return shown.upper()
 
 
 def _charge_row(row: dict[str, Any], short: int) -> list[str]:
     # A message rejected before charging has no charges row: show what its payload said.
     amount = row["amount"] if row["amount"] is not None else row["payload"].get("amount")
     currency = str(row["currency"] or row["payload"].get("currency"))
-    # Minor units become a decimal with integer arithmetic (1000 JPY stays 1000, 1999 USD is 19.99).
-    shown = format_amount(amount, currency) if type(amount) is int else f"{amount!r} {currency}"
-    return [row["event_id"][short:], row["user_id"][short:], shown.upper(),
-            row["status"], row["charge"] or "-", row["code"] or ""]  # fmt: skip
+    refunded = _money(row["amount_refunded"], currency) if row["amount_refunded"] else ""
+    return [row["event_id"][short:], row["user_id"][short:], _money(amount, currency),
+            row["status"], row["charge"] or "-", refunded, row["code"] or ""]  # fmt: skip
+
+
+def _refund_row(row: dict[str, Any], short: int) -> list[str]:
+    # A refused refund has no refunds row: show what its payload asked for.
+    amount = row["amount"] if row["amount"] is not None else row["payload"].get("amount")
+    shown = _money(amount, row["currency"]) if row["currency"] else repr(amount)
+    return [row["event_id"][short:], str(row["charge_event_id"])[short:], shown,
+            row["status"], row["refund"] or "-", row["error_code"] or ""]  # fmt: skip
 
 
 def _card_row(card: dict[str, Any], short: int) -> list[str]:
-    return [card["user_id"][short:], card["last4"], card["brand"], card["fingerprint"][:8],
-            "yes" if card["is_default"] else "", "yes" if card["removed_at"] else ""]  # fmt: skip
+    return [card["user_id"][short:], card["kind"], card["last4"], card["brand"],
+            card["fingerprint"][:8], "yes" if card["is_default"] else "",
+            "yes" if card["removed_at"] else ""]  # fmt: skip
 
 
 def print_tables(b: Batch, console: Console) -> list[dict[str, Any]]:
-    """The three summary tables, read from Postgres; returns the run's cards rows."""
+    """The four summary tables, read from Postgres; returns the run's cards rows."""
     like, short = f"{b.run}-%", len(b.run) + 1
     counts = Counter((e["type"], e["status"]) for e in b.events().values())
     types = sorted({type_ for type_, _ in counts})
     rows = ([t, *(str(counts[t, s] or "-") for s in STATUSES)] for t in types)
     console.print(_table("payment_events by type and status", ["type", *STATUSES], rows))
     charges = [_charge_row(row, short) for row in fetch_rows(b.engine, CHARGES_SQL, like=like)]
-    columns = ["event", "user", "amount", "event", "charge", "error/decline"]
+    columns = ["event", "user", "amount", "event", "charge", "refunded", "error/decline"]
     console.print(_table("charge_requested events and their charges rows", columns, charges))
+    refunds = [_refund_row(row, short) for row in fetch_rows(b.engine, REFUNDS_SQL, like=like)]
+    columns = ["event", "charge event", "amount", "event", "refund", "error"]
+    console.print(_table("refund_requested events and their refunds rows", columns, refunds))
     sql = "SELECT * FROM cards WHERE user_id LIKE :like ORDER BY user_id, created_at"
     cards = fetch_rows(b.engine, sql, like=like)
-    columns = ["user", "last4", "brand", "fingerprint", "default", "removed"]
+    columns = ["user", "kind", "last4", "brand", "fingerprint", "default", "removed"]
     console.print(_table("cards", columns, (_card_row(card, short) for card in cards)))
     return cards
 
 
-def checks(
-    b: Batch, cards: list[dict[str, Any]], fake: FakeStripe | None
-) -> list[tuple[str, bool]]:
+def checks(b: Batch, cards: list[dict[str, Any]], fake: FakeStripe | None) -> list[Check]:
     """What the batch must show: every expected outcome, and the Stripe side agreeing."""
     events = b.events()
     wrong = []
@@ -82,7 +105,7 @@ def checks(
                ("card0", "card0-again", "card1", "card1-second")}  # fmt: skip
     dup, late = b.event("card0-again").get("result") or {}, b.event("late-charge")
     user1 = {c["stripe_card_id"]: c for c in cards if c["user_id"] == b.id("user1")}
-    checks = [
+    checks: list[Check] = [
         (f"{b.sent} messages, {len(events)} events, each with its expected outcome"
          + "".join(f"\n       {line}" for line in wrong), not wrong),
         ("user 0's second token of the same card: result.duplicate and the first card's id",
@@ -93,6 +116,7 @@ def checks(
          user1.get(str(card_id["card1"]), {}).get("is_default") is True
          and user1.get(str(card_id["card1-second"]), {}).get("removed_at") is not None),
     ]  # fmt: skip
+    checks += modern_checks(b, cards, fake)
     if fake is None:
         return [*checks, ("real Stripe: compare with the dashboard's test-mode payments", True)]
     like = f"{b.run}-%"
