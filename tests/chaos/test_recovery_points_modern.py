@@ -36,7 +36,7 @@ from tests.chaos.harness.stage import (
 )
 from tests.chaos.harness.watch import event_row, poll, wait_final, wait_settled
 from tests.chaos.harness.world import (
-    attaches,
+    attach_keys,
     check_world,
     intents_of_event,
     payment_methods_of,
@@ -133,11 +133,11 @@ def test_payment_method_killed_before_the_attach_reaches_stripe(stage: Stage, us
     # Then a fresh worker attaches it once, records it, and makes it the default
     row, took = stage.recover(event, killed_at)
     report(stage, "payment_method_received/pm_attaching/before-call", row, took,
-           max(0, len(attaches(stage.fake, pm)) - 1))
+           max(0, len(attach_keys(stage.fake, pm)) - 1))
     assert_resumed(row, "pm_attaching")
     assert row["result"]["card_id"] == pm and row["result"]["duplicate"] is False
     assert [p["id"] for p in payment_methods_of(stage.fake, customer)] == [pm]
-    assert len(attaches(stage.fake, pm)) == 1
+    assert attach_keys(stage.fake, pm) == {f"pw:{event}:attach"}
     cards = pg_cards(stage.engine, user_id)
     assert [(c["stripe_card_id"], c["kind"]) for c in cards] == [(pm, "payment_method")]
     assert pg_default(stage.engine, user_id) == pm
@@ -165,10 +165,10 @@ def test_payment_method_killed_after_stripe_attached_it(stage: Stage, user) -> N
     # records the card once; the default stays the first card
     row, took = stage.recover(event, killed_at)
     report(stage, "payment_method_received/pm_attaching/after-call", row, took,
-           max(0, len(attaches(stage.fake, pm)) - 1))
+           max(0, len(attach_keys(stage.fake, pm)) - 1))
     assert_resumed(row, "pm_attaching")
     assert row["result"]["card_id"] == pm and row["result"]["duplicate"] is False
-    assert len(attaches(stage.fake, pm)) == 1
+    assert attach_keys(stage.fake, pm) == {f"pw:{event}:attach"}
     path = f"/v1/payment_methods/{pm}/attach"
     assert [r for r in posts_with_key(stage.fake, path, f"pw:{event}:attach") if r["replayed"]], \
         "the resume did not repeat the attach with the same key"

@@ -58,10 +58,14 @@ def posts_with_key(fake: FakeStripe, path: str, key: str) -> list[dict[str, Any]
             if r.get("idempotency_key") == key]
 
 
-def attaches(fake: FakeStripe, pm_id: str) -> list[dict[str, Any]]:
-    """The attach POSTs of a PaymentMethod that Stripe ran (answered 200, not a replay)."""
-    return [r for r in fake.requests(method="POST", path=f"/v1/payment_methods/{pm_id}/attach")
-            if r["status"] == 200 and not r["replayed"]]
+def attach_keys(fake: FakeStripe, pm_id: str) -> set[str | None]:
+    """The idempotency keys of the PaymentMethod's attach POSTs that Stripe did not refuse
+    (a 400: attached already). One key means at most one attach ran: Stripe replays the
+    others. The request log cannot tell more: a request whose answer was held when the
+    worker died is logged 499, whether it ran or not."""
+    return {r["idempotency_key"]
+            for r in fake.requests(method="POST", path=f"/v1/payment_methods/{pm_id}/attach")
+            if r["status"] != 400}
 
 
 def pg_cards(engine: Engine, user: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The world check's cards: every card the users' Stripe customers hold, legacy sources
 (card_...) and PaymentMethods (pm_...) alike, has one active cards row of the right kind,
 and the other way round; one card per fingerprint and user across both kinds; one attach
-per PaymentMethod; the same default on both sides."""
+key per PaymentMethod; the same default on both sides."""
 
 from __future__ import annotations
 
@@ -17,15 +17,16 @@ def _fingerprint(card: dict[str, Any]) -> str:
     return str(card.get("fingerprint") or (card.get("card") or {}).get("fingerprint") or "?")
 
 
-def _attaches_by_pm(world: World) -> dict[str, int]:
-    """Attach POSTs Stripe ran (200, not a replay), per PaymentMethod, in the request log
-    (what is left of it: tests clear it before a storm)."""
-    counts: dict[str, int] = defaultdict(int)
+def _attach_keys_by_pm(world: World) -> dict[str, set[str | None]]:
+    """Per PaymentMethod, the idempotency keys of the attach POSTs Stripe did not refuse,
+    in the request log (what is left of it: tests clear it before a storm). Two keys: two
+    attaches may have run (world.attach_keys)."""
+    keys: dict[str, set[str | None]] = defaultdict(set)
     for r in world.fake.requests(method="POST", path_prefix="/v1/payment_methods/"):
         parts = r["path"].split("/")
-        if len(parts) == 5 and parts[4] == "attach" and r["status"] == 200 and not r["replayed"]:
-            counts[parts[3]] += 1
-    return counts
+        if len(parts) == 5 and parts[4] == "attach" and r["status"] != 400:
+            keys[parts[3]].add(r["idempotency_key"])
+    return keys
 
 
 def _check_stripe_side(world: World, rows: dict[str, dict[str, Any]]) -> None:
@@ -57,9 +58,9 @@ def _check_stripe_side(world: World, rows: dict[str, dict[str, Any]]) -> None:
     for (user, _), ids in by_fingerprint.items():
         if len(ids) > 1:
             world.duplicate(f"user {user}: same card attached {len(ids)} times {ids}")
-    for pm_id, count in _attaches_by_pm(world).items():
-        if count > 1 and pm_id in rows:
-            world.duplicate(f"PaymentMethod {pm_id}: attached {count} times")
+    for pm_id, keys in _attach_keys_by_pm(world).items():
+        if len(keys) > 1 and pm_id in rows:
+            world.duplicate(f"PaymentMethod {pm_id}: attached under {len(keys)} keys {keys}")
 
 
 def check_cards(world: World) -> None:
