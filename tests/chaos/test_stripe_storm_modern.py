@@ -1,4 +1,4 @@
-"""Chaos 5 on the modern path: a fault storm (the four faults of test_stripe_storm.py, 30%
+"""Chaos 5 on the modern path: a fault storm (the four faults of harness/storm.py, 30%
 of all Stripe requests) over a mixed batch of old and new messages, each delivered twice:
 
 - a queue whose workers charge through the Charges API (PAYWORKER_CHARGE_API=charges):
