@@ -289,27 +289,6 @@ class FakeStripe:
         )
         return str(token["id"])
 
-    def create_payment_method(
-        self,
-        number: str = "4242424242424242",
-        exp_month: int = 12,
-        exp_year: int = 2030,
-        cvc: str = "123",
-    ) -> str:
-        """What stripe.js hands the app: a new, unattached card PaymentMethod (pm_...)."""
-        pm = self._stripe(
-            "POST",
-            "/v1/payment_methods",
-            form={
-                "type": "card",
-                "card[number]": number,
-                "card[exp_month]": str(exp_month),
-                "card[exp_year]": str(exp_year),
-                "card[cvc]": cvc,
-            },
-        )
-        return str(pm["id"])
-
     def confirm_payment_intent_on_session(self, pi_id: str, payment_method: str) -> dict[str, Any]:
         """The customer back in the app (stripe.js confirmCardPayment): confirm on-session
         with `payment_method`; a 3-D Secure card then waits in requires_action for
