@@ -289,6 +289,14 @@ class FakeStripe:
         )
         return str(token["id"])
 
+    def confirm_payment_intent_on_session(self, pi_id: str, payment_method: str) -> dict[str, Any]:
+        """The customer back in the app (stripe.js confirmCardPayment): confirm on-session
+        with `payment_method`; a 3-D Secure card then waits in requires_action for
+        `authenticate_payment_intent`. Returns the PaymentIntent."""
+        path = f"/v1/payment_intents/{_q(pi_id)}/confirm"
+        intent: dict[str, Any] = self._stripe("POST", path, form={"payment_method": payment_method})
+        return intent
+
     def _list_all(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor: str | None = None

@@ -25,7 +25,8 @@ from tests.conftest import duty_row, leader_pid
 
 pytestmark = pytest.mark.usefixtures("no_faults")
 
-CHARGES = "^/v1/charges$"
+# A charge is a PaymentIntent create (the default API), or a Charges API call.
+CHARGES = "^/v1/(payment_intents|charges)$"
 # Beyond lease + sweep: the charge's first run, its retry's backoff and the re-driven run,
 # on a machine that may be busy.
 SLACK_SECONDS = 5.0

@@ -35,6 +35,7 @@ from sqlalchemy import Engine, create_engine
 from stripe_fake import FakeStripe
 from tests.chaos.harness.batches import Batch, mixed_batch, prepared_users, setup_batch
 from tests.chaos.harness.broker import Publisher
+from tests.chaos.harness.storm import fired, unleash
 from tests.chaos.harness.watch import (
     duplicate_deliveries,
     explain,
@@ -55,7 +56,6 @@ PREPARED_USERS = 49  # 49 default switches, 49 removals, 98 charges
 COPIES = 3
 FAULT_RATE = 0.30
 STRIPE_TIMEOUT = 1.0
-SLOW = 1.5  # seconds the fake holds a "timed out" request: beyond STRIPE_TIMEOUT
 SETUP_TIMEOUT = 60.0
 FINISH_TIMEOUT = 150.0
 
@@ -88,27 +88,6 @@ def storm(broker_url: str, tmp_path_factory: Any) -> Iterator[Storm]:
             publisher.close()
             engine.dispose()
             fake.stop()
-
-
-def unleash(fake: FakeStripe, rate: float) -> None:
-    """Four faults, each hitting rate/4 of all Stripe requests. A rule that loses its roll
-    lets the next one try, so each conditional probability is scaled up accordingly."""
-    share = rate / 4
-    before = [
-        {"status": 500, "name": "500-before"},
-        {"status": 429, "name": "429"},
-        {"delay": SLOW, "name": "timeout"},
-    ]
-    left = 1.0
-    for spec in before:
-        fake.inject(when="before", probability=share / left, **spec)
-        left -= share
-    # "after" rules are rolled only for requests that got past the "before" ones
-    fake.inject(when="after", status=500, probability=share / left, name="500-after")
-
-
-def fired(fake: FakeStripe) -> dict[str, int]:
-    return {f["name"]: f["fired"] for f in fake.faults()}
 
 
 def prepare(storm: Storm, tag: str) -> list[Any]:

@@ -49,8 +49,9 @@ CHARGES = "^/v1/charges$"
 # How long the fake holds back the answer of a charge it has already created.
 IN_FLIGHT_DELAY = 3.0
 # Longer than IN_FLIGHT_DELAY: the call is in flight when it is killed, it does not time out
-# by itself (the worker caps it below the soft time limit).
-IN_FLIGHT_SETTINGS = {"PAYWORKER_STRIPE_TIMEOUT": "10"}
+# by itself (the worker caps it below the soft time limit). The charges are Charges API
+# calls (test_recovery_points_modern.py kills PaymentIntent creates, the default API).
+IN_FLIGHT_SETTINGS = {"PAYWORKER_STRIPE_TIMEOUT": "10", "PAYWORKER_CHARGE_API": "charges"}
 # Beyond lease + sweep: the sweep's publish and the re-driven run itself (claim, the
 # replayed Stripe call, the commit), on a machine that may be busy.
 SLACK_SECONDS = 5.0

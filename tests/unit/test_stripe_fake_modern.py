@@ -375,6 +375,25 @@ def test_on_session_3ds_then_the_customer_authenticates(
     assert client.v1.charges.retrieve(done["latest_charge"]).payment_intent == pi.id
 
 
+def test_the_controller_plays_the_customer_after_an_off_session_decline(
+    fake: FakeStripe, client: stripe.StripeClient, customer: str
+) -> None:
+    # Given a 3-D Secure card made as stripe.js makes it, and an off-session payment that
+    # Stripe refused with authentication_required
+    pm = attached(client, fake.create_payment_method("4000002760003184"), customer)
+    with pytest.raises(stripe.CardError) as err:
+        pay(client, customer, pm)
+    assert err.value.error is not None and err.value.error.payment_intent is not None
+    pi_id = err.value.error.payment_intent.id
+    # When the customer confirms it on-session and authenticates
+    waiting = fake.confirm_payment_intent_on_session(pi_id, pm)
+    done = fake.authenticate_payment_intent(pi_id)
+    # Then the payment succeeded with that card, and the controller's calls are not logged
+    assert waiting["status"] == "requires_action"
+    assert done["status"] == "succeeded" and done["payment_method"] == pm
+    assert fake.count(method="POST", path=f"/v1/payment_intents/{pi_id}/confirm") == 0
+
+
 def test_on_session_3ds_failed_then_another_card(
     fake: FakeStripe, client: stripe.StripeClient, customer: str
 ) -> None:

@@ -60,6 +60,31 @@ def wait_final(
     return rows
 
 
+# Where a batch settles: final, or waiting for a customer's authentication (action_required
+# is not final, the sweeper watches the PaymentIntent, but nothing moves it before the
+# customer does).
+SETTLED = (*TERMINAL, "action_required")
+
+
+def wait_settled(
+    engine: Engine, event_ids: Iterable[str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Rows of the events once each is final or action_required (else what there is)."""
+    ids = list(event_ids)
+    deadline = time.monotonic() + timeout
+    rows: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        rows = event_rows(engine, ids)
+        if len(rows) == len(ids) and all(r["status"] in SETTLED for r in rows.values()):
+            break
+        time.sleep(0.25)
+    return rows
+
+
+def unsettled(rows: dict[str, dict[str, Any]], event_ids: Iterable[str]) -> list[str]:
+    return [e for e in event_ids if rows.get(e, {}).get("status") not in SETTLED]
+
+
 def unfinished(rows: dict[str, dict[str, Any]], event_ids: Iterable[str]) -> list[str]:
     return [e for e in event_ids if rows.get(e, {}).get("status") not in TERMINAL]
 
