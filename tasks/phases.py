@@ -177,6 +177,14 @@ class Run(Generic[M, P]):
         age = (now() - started).total_seconds()
         return age > self.settings.stripe_key_window_seconds
 
+    def resume_write(self, find: Callable[[], T | None], write: Callable[[], T]) -> T:
+        """The answer of the pending Stripe write. While Stripe keeps its key, `write`
+        (sent under that key: a repeat is answered as the first one was). After Stripe may
+        have forgotten it, what `find` finds by our metadata first; `write` only if
+        nothing is found."""
+        found = find() if self.key_may_have_expired() else None
+        return found if found is not None else write()
+
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A short read-only transaction for a phase's `call` (closed before Stripe is)."""

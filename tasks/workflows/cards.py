@@ -86,13 +86,13 @@ def _dedupe(run: TokenRun, conn: Connection, read: tuple[str, CardDetails]) -> S
 def _attach(run: TokenRun) -> CardDetails:
     msg = run.message
     customer_id = customer(run, run.progress.customer_id)
-    attached = None
-    if run.key_may_have_expired():
-        attached = run.gateway.find_card(
+    return run.resume_write(
+        lambda: run.gateway.find_card(
             customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
-        )
-    return attached or run.gateway.attach_card(
-        run.key("attach"), customer_id=customer_id, token=msg.token, metadata=run.metadata()
+        ),
+        lambda: run.gateway.attach_card(
+            run.key("attach"), customer_id=customer_id, token=msg.token, metadata=run.metadata()
+        ),
     )
 
 

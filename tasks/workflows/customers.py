@@ -74,16 +74,13 @@ def _create(run: CustomerRun) -> tuple[str, bool]:
         existing = users.customer_id(conn, msg.user_id)
     if existing is not None:
         return existing, True
-    found = None
-    if run.key_may_have_expired():
-        found = run.gateway.find_customer(
+    created = run.resume_write(
+        lambda: run.gateway.find_customer(
             email=msg.email, event_id=msg.event_id, generation=run.lookup_generation
-        )
-    created = found or run.gateway.create_customer(
-        run.key("customer"),
-        email=msg.email,
-        name=msg.name,
-        metadata=run.metadata(msg.metadata),
+        ),
+        lambda: run.gateway.create_customer(
+            run.key("customer"), email=msg.email, name=msg.name, metadata=run.metadata(msg.metadata)
+        ),
     )
     return created, False
 

@@ -127,21 +127,20 @@ def _refund(run: RefundRun) -> RefundOutcome:
             (refunded outside payworker, e.g. on the dashboard).
     """
     msg, progress = run.message, run.progress
-    assert progress.charge_id is not None and progress.amount is not None
+    charge_id, amount = progress.charge_id, progress.amount
+    assert charge_id is not None and amount is not None
     try:
-        outcome = None
-        if run.key_may_have_expired():
-            outcome = run.gateway.find_refund(
-                charge_id=progress.charge_id,
-                event_id=msg.event_id,
-                generation=run.lookup_generation,
-            )
-        return outcome or run.gateway.create_refund(
-            run.key("refund"),
-            charge_id=progress.charge_id,
-            amount=progress.amount,
-            reason=msg.reason,
-            metadata=run.metadata(msg.metadata),
+        return run.resume_write(
+            lambda: run.gateway.find_refund(
+                charge_id=charge_id, event_id=msg.event_id, generation=run.lookup_generation
+            ),
+            lambda: run.gateway.create_refund(
+                run.key("refund"),
+                charge_id=charge_id,
+                amount=amount,
+                reason=msg.reason,
+                metadata=run.metadata(msg.metadata),
+            ),
         )
     except PermanentError as refused:
         if refused.code not in _STRIPE_HOLDS_LESS:

@@ -43,14 +43,16 @@ def _check_customer(run: SetupRun, conn: Connection, _: None) -> Step:
 
 def _create(run: SetupRun) -> SetupOutcome:
     customer_id = str(run.progress.customer_id)
-    if run.key_may_have_expired():
-        found = run.gateway.find_setup_intent(
+    return run.resume_write(
+        lambda: run.gateway.find_setup_intent(
             customer_id=customer_id, event_id=run.message.event_id, generation=run.lookup_generation
-        )
-        if found is not None:
-            return found
-    return run.gateway.create_setup_intent(
-        run.key("setup"), customer_id=customer_id, usage=run.message.usage, metadata=run.metadata()
+        ),
+        lambda: run.gateway.create_setup_intent(
+            run.key("setup"),
+            customer_id=customer_id,
+            usage=run.message.usage,
+            metadata=run.metadata(),
+        ),
     )
 
 

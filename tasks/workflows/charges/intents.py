@@ -47,23 +47,22 @@ def create(run: ChargeRun) -> IntentOutcome | Declined:
     """Create and confirm the PaymentIntent (or, after Stripe forgot the key, find the one
     we made)."""
     msg, progress = run.message, run.progress
-    assert progress.customer_id is not None and progress.card_id is not None
+    customer_id, card_id = progress.customer_id, progress.card_id
+    assert customer_id is not None and card_id is not None
     try:
-        found = None
-        if run.key_may_have_expired():
-            found = run.gateway.find_payment_intent(
-                customer_id=progress.customer_id,
-                event_id=msg.event_id,
-                generation=run.lookup_generation,
-            )
-        return found or run.gateway.create_payment_intent(
-            run.key("payment_intent"),
-            customer_id=progress.customer_id,
-            payment_method=progress.card_id,
-            amount=msg.amount,
-            currency=msg.currency,
-            description=msg.description,
-            metadata=run.metadata(msg.metadata),
+        return run.resume_write(
+            lambda: run.gateway.find_payment_intent(
+                customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
+            ),
+            lambda: run.gateway.create_payment_intent(
+                run.key("payment_intent"),
+                customer_id=customer_id,
+                payment_method=card_id,
+                amount=msg.amount,
+                currency=msg.currency,
+                description=msg.description,
+                metadata=run.metadata(msg.metadata),
+            ),
         )
     except CardDeclined as declined:
         return Declined(declined)

@@ -21,23 +21,22 @@ from tasks.workflows.charges.start import ChargeRun, Declined
 def charge(run: ChargeRun) -> ChargeOutcome | Declined:
     """Create the charge (or, after Stripe forgot the key, find the one we made)."""
     msg, progress = run.message, run.progress
-    assert progress.customer_id is not None and progress.card_id is not None
+    customer_id, card_id = progress.customer_id, progress.card_id
+    assert customer_id is not None and card_id is not None
     try:
-        outcome = None
-        if run.key_may_have_expired():
-            outcome = run.gateway.find_charge(
-                customer_id=progress.customer_id,
-                event_id=msg.event_id,
-                generation=run.lookup_generation,
-            )
-        return outcome or run.gateway.create_charge(
-            run.key("charge"),
-            customer_id=progress.customer_id,
-            card_id=progress.card_id,
-            amount=msg.amount,
-            currency=msg.currency,
-            description=msg.description,
-            metadata=run.metadata(msg.metadata),
+        return run.resume_write(
+            lambda: run.gateway.find_charge(
+                customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
+            ),
+            lambda: run.gateway.create_charge(
+                run.key("charge"),
+                customer_id=customer_id,
+                card_id=card_id,
+                amount=msg.amount,
+                currency=msg.currency,
+                description=msg.description,
+                metadata=run.metadata(msg.metadata),
+            ),
         )
     except CardDeclined as declined:
         return Declined(declined)
