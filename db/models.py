@@ -213,6 +213,14 @@ class Charge(Base):
         CheckConstraint("currency = lower(currency)", name="currency_lower"),
         CheckConstraint("amount_refunded >= 0 AND amount_refunded <= amount", name="refunded"),
         Index("ix_charges_user_id", "user_id"),
+        # Unique where set: a charge of the Charges API (and a pending one) has none, and
+        # costs the index nothing on the hot path.
+        Index(
+            "uq_charges_payment_intent_id",
+            "payment_intent_id",
+            unique=True,
+            postgresql_where=text("payment_intent_id IS NOT NULL"),
+        ),
     )
 
     event_id: Mapped[str] = mapped_column(ForeignKey("payment_events.event_id"), primary_key=True)
@@ -223,7 +231,7 @@ class Charge(Base):
     status: Mapped[str] = mapped_column(String(16), default=ChargeStatus.PENDING)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     # The PaymentIntent of a charge made through PAYWORKER_CHARGE_API=payment_intents.
-    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     # The sum of the charge's succeeded refunds (written from the refunds table, never
     # incremented on its own).
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -160,6 +160,26 @@ def test_partial_unique_indexes_exist_and_hold(fresh_db):
                 " WHERE stripe_card_id = 'card_1'"
             ))
             conn.execute(text(duplicates[0]))
+        # ... and a PaymentIntent is one charge's at most, while charges without one abound
+        intent = indexes["uq_charges_payment_intent_id"]
+        assert "UNIQUE" in intent and "WHERE (payment_intent_id IS NOT NULL)" in intent
+        with engine.begin() as conn:
+            for n, intent_id in enumerate(["'pi_1'", "NULL", "NULL"]):
+                conn.execute(text(
+                    "INSERT INTO payment_events (event_id, type, payload, payload_hash, status,"
+                    " recovery_point, progress)"
+                    f" VALUES ('e{n}', 'charge_requested', '{{}}', 'h', 'succeeded', 'started',"
+                    " '{}')"
+                ))
+                conn.execute(text(
+                    "INSERT INTO charges (event_id, user_id, amount, currency, stripe_card_id,"
+                    " status, payment_intent_id)"
+                    f" VALUES ('e{n}', 'u1', 100, 'usd', 'card_1', 'succeeded', {intent_id})"
+                ))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(
+                "UPDATE charges SET payment_intent_id = 'pi_1' WHERE event_id = 'e1'"
+            ))
     finally:
         engine.dispose()
 

@@ -65,8 +65,13 @@ def upgrade() -> None:
 
     _status_check("charges", (*CHARGE_STATUSES, "requires_action", "canceled"))
     op.add_column("charges", sa.Column("payment_intent_id", sa.String(255), nullable=True))
-    op.create_unique_constraint(
-        op.f("uq_charges_payment_intent_id"), "charges", ["payment_intent_id"]
+    # Unique where set: Charges API rows and pending rows hold none (no index entry).
+    op.create_index(
+        "uq_charges_payment_intent_id",
+        "charges",
+        ["payment_intent_id"],
+        unique=True,
+        postgresql_where=sa.text("payment_intent_id IS NOT NULL"),
     )
     op.add_column(
         "charges",
@@ -119,7 +124,7 @@ def downgrade() -> None:
     op.drop_table("refunds")
     op.drop_constraint(op.f("ck_charges_refunded"), "charges", type_="check")
     op.drop_column("charges", "amount_refunded")
-    op.drop_constraint(op.f("uq_charges_payment_intent_id"), "charges", type_="unique")
+    op.drop_index("uq_charges_payment_intent_id", table_name="charges")
     op.drop_column("charges", "payment_intent_id")
     _status_check("charges", CHARGE_STATUSES)
     op.drop_constraint(op.f("ck_cards_kind"), "cards", type_="check")
