@@ -160,7 +160,7 @@ def watch(
     action: tuple[str, str, dict[str, Any]] | None,
 ) -> None:
     """Give the lease back until `until`, when the sweeper re-drives the event to read
-    Stripe again at `point`. With `action` (error code, message, result) the event waits
+    Stripe again at `point`, and start the retry budget afresh. With `action` (error code, message, result) the event waits
     for its customer: status `action_required` with that result (what the app needs to
     bring the customer back); without, it stays `processing` (Stripe is still working).
 
@@ -173,6 +173,10 @@ def watch(
         "locked_by": None,
         "locked_until": None,
         "next_attempt_at": until,
+        # Stripe answered: the retry budget is for one stretch of trouble, not for the
+        # whole of a wait that may last a day of polls (a few blips over 23 hours must not
+        # bury an event whose customer may still pay).
+        "transient_failures": 0,
     }
     if action is not None:
         code, message, result = action

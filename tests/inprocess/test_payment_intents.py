@@ -14,7 +14,7 @@ from core.errors import OutcomeUnknown
 from core.settings import Settings
 from tasks.messages import ChargeRequested
 from tasks.replay import Refused, Replayed
-from tests.inprocess._support import Deliveries, RecordingTelemetry, Rows
+from tests.inprocess._support import MAX_ATTEMPTS, Deliveries, RecordingTelemetry, Rows
 from tests.inprocess.fake_gateway import DECLINED_AT_CHARGE, VISA, FakeGateway
 from tests.inprocess.test_replay import operator_replay
 
@@ -151,6 +151,35 @@ def test_authentication_required_waits_for_the_customer_then_succeeds_once(
         ("payment_intents", "action_required"), ("payment_intents", "succeeded"),
     ]  # fmt: skip
     assert telemetry.finished == [("charge_requested", "succeeded")]
+
+
+def test_transient_failures_between_polls_do_not_bury_a_waiting_charge(
+    ids: Callable[[str], str], deliveries: Deliveries, gateway: FakeGateway, rows: Rows,
+    customer: Callable[[str], str], card: Callable[..., str],
+) -> None:
+    # Given a charge waiting for its customer
+    visa = card(ids("user"), customer(ids("user")), VISA)
+    gateway.require_authentication(visa)
+    msg = charge_requested(ids)
+    deliveries.deliver(msg)
+
+    # When, over many polls, Stripe fails one read in two: more failures in all than the
+    # retry budget (MAX_ATTEMPTS), never that many in a row
+    for _ in range(MAX_ATTEMPTS + 1):
+        gateway.fail_next("retrieve_payment_intent", OutcomeUnknown("Stripe answered 500"))
+        deliveries.redrive(msg.event_id)
+        assert rows.event(msg.event_id)["transient_failures"] == 1
+        deliveries.redrive(msg.event_id)
+
+    # Then it still waits (each answered read starts the budget afresh), never dead
+    event = rows.event(msg.event_id)
+    assert (event["status"], event["transient_failures"]) == ("action_required", 0)
+
+    # ... and the customer's authentication still ends it succeeded
+    [intent] = gateway.intents.values()
+    gateway.authenticate(intent.id, success=True)
+    deliveries.redrive(msg.event_id)
+    assert rows.event(msg.event_id)["status"] == "succeeded"
 
 
 def test_an_abandoned_payment_intent_is_canceled_after_the_expiry(
