@@ -160,9 +160,10 @@ def watch(
     action: tuple[str, str, dict[str, Any]] | None,
 ) -> None:
     """Give the lease back until `until`, when the sweeper re-drives the event to read
-    Stripe again at `point`, and start the retry budget afresh. With `action` (error code, message, result) the event waits
-    for its customer: status `action_required` with that result (what the app needs to
-    bring the customer back); without, it stays `processing` (Stripe is still working).
+    Stripe again at `point`, and start the retry budget afresh. With `action` (error code,
+    message, result) the event waits for its customer: status `action_required` with that
+    result (what the app needs to bring the customer back); without, it stays `processing`
+    (Stripe is still working).
 
     Raises:
         LeaseLost: another worker owns the event now, or it is already finished.
