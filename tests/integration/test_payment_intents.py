@@ -240,6 +240,34 @@ def test_an_abandoned_authentication_is_canceled_and_the_event_fails(
     assert (charge["status"], charge["payment_intent_id"]) == ("canceled", intent_id)
 
 
+def test_a_payment_intent_canceled_on_stripe_while_watched_fails_the_event(
+    publish, wait_for, engine, stripe_fake, ids, watch_worker
+):
+    # Given a charge waiting for its customer's 3-D Secure
+    q = watch_worker.queue
+    user, customer = registered_user(publish, wait_for, ids, q)
+    attach_payment_method(engine, stripe_fake, user, customer, "pm_card_authenticationRequired")
+    chg = ids("chg")
+    publish("charge_requested", queue=q, event_id=chg, user_id=user, amount=3100,
+            currency="eur")
+    intent_id = wait_status(engine, chg, "action_required")["result"]["payment_intent_id"]
+
+    # When someone cancels its PaymentIntent on Stripe (the dashboard)
+    stripe_fake._stripe("POST", f"/v1/payment_intents/{intent_id}/cancel",
+                        form={"cancellation_reason": "requested_by_customer"})
+
+    # Then the watch fails the event payment_canceled, once, and the charge is canceled
+    row = wait_for(chg, timeout=30)[chg]
+    assert (row["status"], row["error_code"]) == ("failed", "payment_canceled"), row
+    assert "client_secret" not in (row["result"] or {})
+    charge = charge_row(engine, chg)
+    assert (charge["status"], charge["payment_intent_id"]) == ("canceled", intent_id)
+    creates = stripe_fake.requests(method="POST", path="/v1/payment_intents")
+    assert [c["idempotency_key"] for c in creates if chg in (c["idempotency_key"] or "")] == [
+        f"pw:{chg}:payment_intent"
+    ]
+
+
 def test_the_charges_api_still_makes_a_charge(
     publish, wait_for, engine, stripe_fake, ids, charges_worker
 ):

@@ -162,6 +162,19 @@ def test_a_payment_method_of_another_customer_is_unavailable(register, send, str
     assert stripe_fake.get_payment_method(pm)["customer"] == eve_customer
 
 
+def test_an_unknown_payment_method_fails_not_found(register, send, stripe_fake, ids):
+    # Given a registered user
+    user = ids("una")
+    register(user)
+
+    # When a PaymentMethod id Stripe does not know arrives
+    row = send("payment_method_received", user_id=user, payment_method="pm_1NoSuchThing")
+
+    # Then it fails payment_method_not_found and nothing was attached
+    assert (row["status"], row["error_code"]) == ("failed", "payment_method_not_found"), row
+    assert not [a for a in attaches_of(stripe_fake) if "pm_1NoSuchThing" in a["path"]]
+
+
 def test_setup_then_payment_method_is_recorded_without_a_second_attach(
     register, send, publish, wait_for, upstream, worker, engine, stripe_fake, ids
 ):

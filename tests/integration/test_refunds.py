@@ -132,3 +132,54 @@ def test_a_refund_of_another_users_charge_is_refused(
     assert stripe_fake.list_refunds(charge=ada.charge_id) == []
     assert row(engine, "charges", ada.event_id)["amount_refunded"] == 0
     assert stripe_charge(stripe_fake, ada)["amount_refunded"] == 0
+
+
+def test_a_refund_of_a_declined_charge_is_not_refundable(
+    publish: Publish, wait_for: WaitFor, engine: Engine, stripe_fake: FakeStripe,
+    ids: Callable[[str], str],
+) -> None:  # fmt: skip
+    # Given a charge the card declined
+    user, reg, tok, chg = ids("dee"), ids("reg-dee"), ids("tok-dee"), ids("chg-dee")
+    publish("user_registered", event_id=reg, user_id=user, email="dee@example.com")
+    publish("card_token_received", event_id=tok, user_id=user,
+            token=stripe_fake.create_card_token("4000000000000341"))  # fmt: skip
+    wait_for(reg, tok)
+    publish("charge_requested", event_id=chg, user_id=user, amount=900, currency="eur")
+    assert wait_for(chg)[chg]["error_code"] == "card_declined"
+
+    # When its refund is asked for
+    ref = ids("ref-dee")
+    publish("refund_requested", event_id=ref, user_id=user, charge_event_id=chg)
+    event = wait_for(ref)[ref]
+
+    # Then it fails charge_not_refundable, before Stripe, and no refunds row is written
+    assert (event["status"], event["error_code"]) == ("failed", "charge_not_refundable"), event
+    declined = row(engine, "charges", chg)["stripe_charge_id"]
+    assert declined is not None and stripe_fake.list_refunds(charge=declined) == []
+    sent = [r["idempotency_key"] for r in stripe_fake.requests(method="POST", path="/v1/refunds")]
+    assert not [key for key in sent if key and ref in key]
+    with engine.connect() as conn:
+        count = conn.execute(
+            text("SELECT count(*) FROM refunds WHERE event_id = :e"), {"e": ref}
+        ).scalar()
+    assert count == 0
+
+
+def test_an_invalid_refund_message_is_recorded_as_invalid(
+    publish: Publish, wait_for: WaitFor, stripe_fake: FakeStripe, ids: Callable[[str], str],
+) -> None:  # fmt: skip
+    # Given a refund whose amount is a string and whose reason is not Stripe's
+    ref = ids("ref-bad")
+
+    # When it is published
+    publish("refund_requested", event_id=ref, user_id=ids("ivy"), charge_event_id="chg-1",
+            amount="500", reason="changed_mind")  # fmt: skip
+    event = wait_for(ref)[ref]
+
+    # Then it is failed invalid_message, naming both fields, and nothing reached Stripe
+    assert (event["status"], event["error_code"]) == ("failed", "invalid_message"), event
+    assert "amount" in event["error_message"] and "reason" in event["error_message"]
+    assert all(
+        r["idempotency_key"] is None or ref not in r["idempotency_key"]
+        for r in stripe_fake.requests(method="POST", path="/v1/refunds")
+    )
