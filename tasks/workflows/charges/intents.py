@@ -29,7 +29,7 @@ from db.ledger import now
 from db.models import ChargeStatus
 from tasks.gateway import IntentOutcome
 from tasks.phases import Advance, CustomerAction, Fail, Step, Succeed, Watch
-from tasks.workflows.charges.start import ChargeProgress, ChargeRun, Declined, Point
+from tasks.workflows.charges.start import ChargeProgress, ChargeRun, Declined, Point, charge_once
 
 # Statuses in which the PaymentIntent waits for its customer: a new payment method or
 # authentication (requires_payment_method after the off-session 402, or after a failed
@@ -49,25 +49,21 @@ def create(run: ChargeRun) -> IntentOutcome | Declined:
     msg, progress = run.message, run.progress
     customer_id, card_id = progress.customer_id, progress.card_id
     assert customer_id is not None and card_id is not None
-    try:
-        return run.resume_write(
-            lambda: run.gateway.find_payment_intent(
-                customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
-            ),
-            lambda: run.gateway.create_payment_intent(
-                run.key("payment_intent"),
-                customer_id=customer_id,
-                payment_method=card_id,
-                amount=msg.amount,
-                currency=msg.currency,
-                description=msg.description,
-                metadata=run.metadata(msg.metadata),
-            ),
-        )
-    except CardDeclined as declined:
-        return Declined(declined)
-    except StripeNotFound as missing:
-        raise PermanentError(missing.message, code="card_not_found") from None
+    return charge_once(
+        run,
+        lambda: run.gateway.find_payment_intent(
+            customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
+        ),
+        lambda: run.gateway.create_payment_intent(
+            run.key("payment_intent"),
+            customer_id=customer_id,
+            payment_method=card_id,
+            amount=msg.amount,
+            currency=msg.currency,
+            description=msg.description,
+            metadata=run.metadata(msg.metadata),
+        ),
+    )
 
 
 def record_created(run: ChargeRun, conn: Connection, outcome: IntentOutcome | Declined) -> Step:

@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from core.errors import CardDeclined, PermanentError, StripeNotFound
+from core.errors import CardDeclined
 from db import charges
 from db.models import ChargeStatus
 from tasks.gateway import ChargeOutcome
 from tasks.phases import Fail, Step, Succeed
-from tasks.workflows.charges.start import ChargeRun, Declined
+from tasks.workflows.charges.start import ChargeRun, Declined, charge_once
 
 
 def charge(run: ChargeRun) -> ChargeOutcome | Declined:
@@ -23,25 +23,21 @@ def charge(run: ChargeRun) -> ChargeOutcome | Declined:
     msg, progress = run.message, run.progress
     customer_id, card_id = progress.customer_id, progress.card_id
     assert customer_id is not None and card_id is not None
-    try:
-        return run.resume_write(
-            lambda: run.gateway.find_charge(
-                customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
-            ),
-            lambda: run.gateway.create_charge(
-                run.key("charge"),
-                customer_id=customer_id,
-                card_id=card_id,
-                amount=msg.amount,
-                currency=msg.currency,
-                description=msg.description,
-                metadata=run.metadata(msg.metadata),
-            ),
-        )
-    except CardDeclined as declined:
-        return Declined(declined)
-    except StripeNotFound as missing:
-        raise PermanentError(missing.message, code="card_not_found") from None
+    return charge_once(
+        run,
+        lambda: run.gateway.find_charge(
+            customer_id=customer_id, event_id=msg.event_id, generation=run.lookup_generation
+        ),
+        lambda: run.gateway.create_charge(
+            run.key("charge"),
+            customer_id=customer_id,
+            card_id=card_id,
+            amount=msg.amount,
+            currency=msg.currency,
+            description=msg.description,
+            metadata=run.metadata(msg.metadata),
+        ),
+    )
 
 
 def record_outcome(run: ChargeRun, conn: Connection, outcome: ChargeOutcome | Declined) -> Step:

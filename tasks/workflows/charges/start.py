@@ -11,13 +11,14 @@ event resumes with the API it started with, whatever the setting says by then.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from core.errors import CardDeclined, PermanentError, PrerequisiteMissing
+from core.errors import CardDeclined, PermanentError, PrerequisiteMissing, StripeNotFound
 from core.settings import USER_CHARGE_WINDOW_SECONDS
 from db import charges, users
 from db.ledger import STARTED
@@ -68,6 +69,22 @@ class Declined:
     """Stripe declined the card (a phase's `call` returns it for its `commit` to fail)."""
 
     error: CardDeclined
+
+
+T = TypeVar("T")
+
+
+def charge_once(
+    run: ChargeRun, find: Callable[[], T | None], create: Callable[[], T]
+) -> T | Declined:
+    """The charge's one Stripe write, through either API (`Run.resume_write`): a decline is
+    an outcome to record, a card gone on Stripe is `card_not_found`."""
+    try:
+        return run.resume_write(find, create)
+    except CardDeclined as declined:
+        return Declined(declined)
+    except StripeNotFound as missing:
+        raise PermanentError(missing.message, code="card_not_found") from None
 
 
 def check_amount(run: ChargeRun) -> None:
